@@ -1,0 +1,37 @@
+//! `dmq`: post-training quantization of diffusion models. This binary only parses arguments,
+//! shows progress and wires the library crates together; the numerics live in the crates.
+
+mod commands;
+mod device;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "dmq", version, about = "Post-training quantization of diffusion models", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample images from a model: one PNG per image plus grid.png and samples.json.
+    Sample(commands::sample::SampleArgs),
+    /// Show a model's parameters, its layers with shapes, and multiply-adds per forward.
+    Inspect(commands::inspect::InspectArgs),
+    /// Time UNet forwards and sampling (images/s), and write the numbers as JSON.
+    Bench(commands::bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sample(a) => commands::sample::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,3 @@
+//! Evaluation for dmq. For now: turning model outputs into images and writing them safely.
+
+pub mod images;

@@ -1,0 +1,95 @@
+//! `ResnetBlock2D` (pre-norm, with time conditioning) as diffusers computes it.
+
+use candle_core::Tensor;
+
+use crate::config::TimeScaleShift;
+use crate::ctx::Ctx;
+use crate::error::Result;
+use crate::layers::{silu, Conv2d, GroupNorm, Linear};
+use crate::weights::WeightStore;
+
+pub struct ResnetBlock2D {
+    pub path: String,
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    pub time_emb_proj: Linear,
+    pub norm2: GroupNorm,
+    pub conv2: Conv2d,
+    /// 1x1 projection of the input when the channel count changes.
+    pub conv_shortcut: Option<Conv2d>,
+    pub time_scale_shift: TimeScaleShift,
+    pub output_scale_factor: f64,
+}
+
+/// What a residual block is built from; gathered here because the blocks pass them through.
+#[derive(Clone, Copy)]
+pub struct ResnetSpec {
+    pub groups: usize,
+    pub eps: f64,
+    pub temb_channels: usize,
+    pub time_scale_shift: TimeScaleShift,
+    pub output_scale_factor: f64,
+}
+
+impl ResnetBlock2D {
+    pub fn load(
+        w: &WeightStore,
+        path: &str,
+        in_c: usize,
+        out_c: usize,
+        s: ResnetSpec,
+    ) -> Result<Self> {
+        let p = |n: &str| format!("{path}.{n}");
+        let proj_out = match s.time_scale_shift {
+            TimeScaleShift::Default => out_c,
+            TimeScaleShift::ScaleShift => 2 * out_c,
+        };
+        Ok(Self {
+            path: path.to_string(),
+            norm1: GroupNorm::load(w, &p("norm1"), s.groups, in_c, s.eps)?,
+            conv1: Conv2d::load(w, &p("conv1"), in_c, out_c, 3, 1, 1)?,
+            time_emb_proj: Linear::load(w, &p("time_emb_proj"), s.temb_channels, proj_out)?,
+            norm2: GroupNorm::load(w, &p("norm2"), s.groups, out_c, s.eps)?,
+            conv2: Conv2d::load(w, &p("conv2"), out_c, out_c, 3, 1, 1)?,
+            conv_shortcut: if in_c != out_c {
+                Some(Conv2d::load(w, &p("conv_shortcut"), in_c, out_c, 1, 1, 0)?)
+            } else {
+                None
+            },
+            time_scale_shift: s.time_scale_shift,
+            output_scale_factor: s.output_scale_factor,
+        })
+    }
+
+    /// `temb_act` is `silu(temb)`, computed once per forward by the model and shared by all blocks.
+    pub fn forward(&self, x: &Tensor, temb_act: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let h = silu(&self.norm1.forward(x)?)?;
+        let h = self.conv1.forward(&h, ctx)?;
+        let t = self.time_emb_proj.forward(temb_act, ctx)?;
+        let (b, c) = t.dims2()?;
+        let t = t.reshape((b, c, 1, 1))?;
+        let h = match self.time_scale_shift {
+            TimeScaleShift::Default => self.norm2.forward(&h.broadcast_add(&t)?)?,
+            TimeScaleShift::ScaleShift => {
+                let half = c / 2;
+                let scale = t.narrow(1, 0, half)?;
+                let shift = t.narrow(1, half, half)?;
+                self.norm2
+                    .forward(&h)?
+                    .broadcast_mul(&(scale + 1.0)?)?
+                    .broadcast_add(&shift)?
+            }
+        };
+        let h = self.conv2.forward(&silu(&h)?, ctx)?;
+        let skip = match &self.conv_shortcut {
+            Some(conv) => conv.forward(x, ctx)?,
+            None => x.clone(),
+        };
+        let out = (skip + h)?;
+        if self.output_scale_factor == 1.0 {
+            Ok(out)
+        } else {
+            Ok((out / self.output_scale_factor)?)
+        }
+    }
+}
