@@ -215,19 +215,20 @@ impl UNet2DConfig {
         let add_attention = f.bool_or("add_attention", true)?;
         let class_embed_type = f.opt_string("class_embed_type")?;
         let num_class_embeds = f.opt_usize("num_class_embeds")?;
-        let class_embedding =
-            match (class_embed_type.as_deref(), num_class_embeds) {
-                (None, None) => ClassEmbedding::None,
-                (None, Some(n)) => ClassEmbedding::Table(n),
-                (Some("timestep"), _) => ClassEmbedding::Timestep,
-                (Some("identity"), _) => ClassEmbedding::Identity,
-                (Some(other), _) => return Err(err(
+        let class_embedding = match (class_embed_type.as_deref(), num_class_embeds) {
+            (None, None) => ClassEmbedding::None,
+            (None, Some(n)) => ClassEmbedding::Table(n),
+            (Some("timestep"), _) => ClassEmbedding::Timestep,
+            (Some("identity"), _) => ClassEmbedding::Identity,
+            (Some(other), _) => {
+                return Err(err(
                     "class_embed_type",
                     format!(
                         "value \"{other}\" is not supported (supported: null, timestep, identity)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let num_train_timesteps = f.opt_usize("num_train_timesteps")?;
         let time_embedding_dim = f.opt_usize("time_embedding_dim")?;
         f.finish()?;

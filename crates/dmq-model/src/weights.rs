@@ -273,9 +273,11 @@ impl WeightStore {
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::BF16 => DType::BF16,
             safetensors::Dtype::F64 => DType::F64,
-            other => return Err(bad(format!(
+            other => {
+                return Err(bad(format!(
                 "has dtype {other:?}; model weights must be floating point (F32, F16, BF16 or F64)"
-            ))),
+            )))
+            }
         };
         let t = Tensor::from_raw_buffer(view.data(), src_dtype, shape, &Device::Cpu)
             .map_err(|e| bad(e.to_string()))?;

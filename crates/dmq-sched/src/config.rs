@@ -350,11 +350,24 @@ impl ScheduleConfig {
                     .collect()
             }
             TimestepSpacing::Trailing => {
-                numpy_arange_desc(t_train as f64, t_train as f64 / steps as f64)
+                let ts: Vec<i64> = numpy_arange_desc(t_train as f64, t_train as f64 / steps as f64)
                     .into_iter()
-                    // The values are ≥ 1 (the range stops before 0), so the subtraction is safe.
-                    .map(|v| v.round_ties_even() as usize - 1)
-                    .collect()
+                    .map(|v| v.round_ties_even() as i64 - 1)
+                    .collect();
+                // diffusers bug: for some n (T = 1000: 61, 103, 121, 122, 201, ...) the float
+                // arange has n + 1 elements, the last one ≈ 1e-13, which becomes timestep −1
+                // (torch then reads alphas_cumprod[−1], the *last* training timestep). That
+                // trajectory is meaningless; refuse it rather than deviate silently.
+                if ts.len() != steps || ts.iter().any(|&t| t < 0) {
+                    return Err(SchedError::Invalid(format!(
+                        "timestep_spacing \"trailing\" with {steps} steps: diffusers computes {} \
+                         timesteps ending in {} (a floating-point artefact of its arange), \
+                         which dmq does not reproduce; choose another step count",
+                        ts.len(),
+                        ts.last().copied().unwrap_or_default()
+                    )));
+                }
+                ts.into_iter().map(|t| t as usize).collect()
             }
             TimestepSpacing::Linspace => numpy_linspace(0.0, (t_train - 1) as f64, steps)
                 .into_iter()
@@ -603,6 +616,12 @@ mod tests {
             cfg.inference_timesteps(10).unwrap()
         );
         assert_eq!(cfg.inference_timesteps(1).unwrap(), vec![999]);
+        // numpy's arange(1000, 0, -1000/61) has 62 elements, the last ≈ 1e-13 → timestep −1 in
+        // diffusers: refused
+        let e = cfg.inference_timesteps(61).unwrap_err().to_string();
+        assert!(e.contains("62 timesteps ending in -1"), "{e}");
+        assert_eq!(cfg.inference_timesteps(60).unwrap().len(), 60);
+        assert_eq!(cfg.inference_timesteps(62).unwrap().len(), 62);
     }
 
     #[test]
