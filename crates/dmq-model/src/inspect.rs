@@ -4,7 +4,9 @@
 use candle_core::Tensor;
 use serde::Serialize;
 
+use crate::config::ClassEmbedding;
 use crate::ctx::{Ctx, OpKind};
+use crate::unet2d::embeddings::ClassLabels;
 use crate::error::{ModelError, Result};
 use crate::unet2d::{Timesteps, UNet2DModel};
 
@@ -49,7 +51,15 @@ pub fn inspect(model: &UNet2DModel, resolution: Option<usize>) -> Result<Inspect
         model.device(),
     )?;
     let ctx = Ctx::tracing();
-    model.forward(&x, Timesteps::Shared(500.0), None, &ctx)?;
+    // A class-conditional model needs some label to run; which one does not change the count.
+    let label = [0u32];
+    let vector = Tensor::zeros((1, model.config.time_embed_dim()), model.dtype(), model.device())?;
+    let labels = match model.config.class_embedding {
+        ClassEmbedding::None => None,
+        ClassEmbedding::Identity => Some(ClassLabels::Vectors(&vector)),
+        _ => Some(ClassLabels::Indices(&label)),
+    };
+    model.forward(&x, Timesteps::Shared(500.0), labels.as_ref(), &ctx)?;
     let layers: Vec<LayerInfo> = ctx
         .take_trace()
         .into_iter()

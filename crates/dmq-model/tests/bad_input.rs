@@ -313,16 +313,31 @@ fn missing_folder_and_bad_model_argument() {
     assert!(e.contains("not a diffusers model folder"), "{e}");
 }
 
+/// One test for all hub cases: they set process-wide environment variables.
 #[test]
-fn hub_id_offline_names_the_id_and_the_way_out() {
+fn hub_ids_use_the_cache_offline_and_fail_clearly_without_it() {
     let cache = tempfile::tempdir().unwrap();
-    // A hub endpoint that refuses connections stands in for "no network".
     std::env::set_var("HF_HOME", cache.path());
+    // A hub endpoint that refuses connections stands in for "no network".
     std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
-    let e = ModelSource::Hub("google/ddpm-cifar10-32".into())
-        .resolve()
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("google/ddpm-cifar10-32"), "{e}");
-    assert!(e.contains("--model"), "{e}");
+
+    // (a) a model already in the hub cache loads with no network at all.
+    let repo = cache.path().join("hub/models--someone--tiny-ddpm");
+    let snap = repo.join("snapshots/0123456789abcdef");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
+    tiny_model(&snap, TINY);
+    let p = ModelSource::Hub("someone/tiny-ddpm".into()).resolve().unwrap();
+    assert_eq!(p.name, "someone/tiny-ddpm");
+    p.load_unet(&Device::Cpu, DType::F32).unwrap();
+
+    // (b) not cached, network unreachable.
+    let e = ModelSource::Hub("google/ddpm-cifar10-32".into()).resolve().unwrap_err().to_string();
+    assert!(e.contains("google/ddpm-cifar10-32") && e.contains("--model"), "{e}");
+
+    // (c) not cached, HF_HUB_OFFLINE set: no connection is even tried.
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let e = ModelSource::Hub("google/ddpm-cifar10-32".into()).resolve().unwrap_err().to_string();
+    assert!(e.contains("google/ddpm-cifar10-32") && e.contains("HF_HUB_OFFLINE") && e.contains("--model"), "{e}");
+    std::env::remove_var("HF_HUB_OFFLINE");
 }

@@ -45,7 +45,7 @@ pub struct SampleArgs {
     /// Images per UNet call (memory vs speed; does not change the images).
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    /// Class label for class-conditional models (all images get it).
+    /// Class label for class-conditional models (all images get it) [default: none].
     #[arg(long)]
     pub class: Option<u32>,
     /// Output folder: NNNNNN.png per image, grid.png, samples.json.
