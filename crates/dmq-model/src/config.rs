@@ -319,7 +319,7 @@ impl UNet2DConfig {
             return Err(err("norm_num_groups", "must be at least 1".into()));
         }
         for &c in &self.block_out_channels {
-            if c == 0 || c % self.norm_num_groups != 0 {
+            if c == 0 || !c.is_multiple_of(self.norm_num_groups) {
                 return Err(err(
                     "norm_num_groups",
                     format!(
@@ -329,7 +329,7 @@ impl UNet2DConfig {
                 ));
             }
             if let Some(d) = self.attention_head_dim {
-                if d == 0 || c % d != 0 {
+                if d == 0 || !c.is_multiple_of(d) {
                     return Err(err(
                         "attention_head_dim",
                         format!("{d} does not divide the block width {c}"),
@@ -339,7 +339,7 @@ impl UNet2DConfig {
         }
         if let Some(g) = self.attn_norm_num_groups {
             let c = self.block_out_channels[n - 1];
-            if g == 0 || c % g != 0 {
+            if g == 0 || !c.is_multiple_of(g) {
                 return Err(err(
                     "attn_norm_num_groups",
                     format!("{g} does not divide {c}"),
@@ -362,7 +362,7 @@ impl UNet2DConfig {
                 "\"timestep\" with fourier time embedding is not supported".into(),
             ));
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return Err(err(
                 "norm_eps",
                 format!("must be positive, got {}", self.norm_eps),

@@ -263,7 +263,7 @@ impl UNet2DModel {
             }
         }
         let h = self.conv_norm_out.forward(&h)?;
-        if let Some(t) = taps.as_deref_mut() {
+        if let Some(t) = taps {
             t.conv_norm_out = Some(h.clone());
         }
         let out = self.conv_out.forward(&silu(&h)?, ctx)?;
