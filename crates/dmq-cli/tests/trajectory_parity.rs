@@ -95,8 +95,20 @@ fn embedded_model_matches_diffusers() {
     let g = candle_core::safetensors::load(golden, &Device::Cpu).unwrap();
     let pipeline = ModelSource::Embedded.resolve().unwrap();
     let unet = pipeline.load_unet(&Device::Cpu, DType::F32).unwrap();
-    let ts: Vec<f64> = g["timesteps"].to_vec1::<i64>().unwrap().iter().map(|&t| t as f64).collect();
-    let eps = unet.forward(&g["x_t"], Timesteps::PerSample(&ts), None, &Ctx::inference()).unwrap();
+    let ts: Vec<f64> = g["timesteps"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .iter()
+        .map(|&t| t as f64)
+        .collect();
+    let eps = unet
+        .forward(
+            &g["x_t"],
+            Timesteps::PerSample(&ts),
+            None,
+            &Ctx::inference(),
+        )
+        .unwrap();
     let e = rel_err(&eps, &g["eps"]);
     eprintln!("embedded eps rel err {e:.2e}");
     assert!(e < 1e-4, "embedded eps rel err {e}");
@@ -107,7 +119,10 @@ fn embedded_model_matches_diffusers() {
     let x0 = dmq_sched::sample(
         &*sched,
         g["ddim20_x_T"].clone(),
-        |x, t, i| unet.forward(x, Timesteps::Shared(t as f64), None, &Ctx::at_step(i)).map_err(SchedError::other),
+        |x, t, i| {
+            unet.forward(x, Timesteps::Shared(t as f64), None, &Ctx::at_step(i))
+                .map_err(SchedError::other)
+        },
         |_| Ok(None),
         |_| {},
     )

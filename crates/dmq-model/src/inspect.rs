@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use crate::config::ClassEmbedding;
 use crate::ctx::{Ctx, OpKind};
-use crate::unet2d::embeddings::ClassLabels;
 use crate::error::{ModelError, Result};
+use crate::unet2d::embeddings::ClassLabels;
 use crate::unet2d::{Timesteps, UNet2DModel};
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,7 +53,11 @@ pub fn inspect(model: &UNet2DModel, resolution: Option<usize>) -> Result<Inspect
     let ctx = Ctx::tracing();
     // A class-conditional model needs some label to run; which one does not change the count.
     let label = [0u32];
-    let vector = Tensor::zeros((1, model.config.time_embed_dim()), model.dtype(), model.device())?;
+    let vector = Tensor::zeros(
+        (1, model.config.time_embed_dim()),
+        model.dtype(),
+        model.device(),
+    )?;
     let labels = match model.config.class_embedding {
         ClassEmbedding::None => None,
         ClassEmbedding::Identity => Some(ClassLabels::Vectors(&vector)),

@@ -327,17 +327,33 @@ fn hub_ids_use_the_cache_offline_and_fail_clearly_without_it() {
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
     tiny_model(&snap, TINY);
-    let p = ModelSource::Hub("someone/tiny-ddpm".into()).resolve().unwrap();
+    let p = ModelSource::Hub("someone/tiny-ddpm".into())
+        .resolve()
+        .unwrap();
     assert_eq!(p.name, "someone/tiny-ddpm");
     p.load_unet(&Device::Cpu, DType::F32).unwrap();
 
     // (b) not cached, network unreachable.
-    let e = ModelSource::Hub("google/ddpm-cifar10-32".into()).resolve().unwrap_err().to_string();
-    assert!(e.contains("google/ddpm-cifar10-32") && e.contains("--model"), "{e}");
+    let e = ModelSource::Hub("google/ddpm-cifar10-32".into())
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("google/ddpm-cifar10-32") && e.contains("--model"),
+        "{e}"
+    );
 
     // (c) not cached, HF_HUB_OFFLINE set: no connection is even tried.
     std::env::set_var("HF_HUB_OFFLINE", "1");
-    let e = ModelSource::Hub("google/ddpm-cifar10-32".into()).resolve().unwrap_err().to_string();
-    assert!(e.contains("google/ddpm-cifar10-32") && e.contains("HF_HUB_OFFLINE") && e.contains("--model"), "{e}");
+    let e = ModelSource::Hub("google/ddpm-cifar10-32".into())
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("google/ddpm-cifar10-32")
+            && e.contains("HF_HUB_OFFLINE")
+            && e.contains("--model"),
+        "{e}"
+    );
     std::env::remove_var("HF_HUB_OFFLINE");
 }

@@ -29,14 +29,29 @@ fn every_config_variant_matches_diffusers() {
             .unwrap()
             .load_unet(&Device::Cpu, DType::F32)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let g = candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
-        let ts: Vec<f64> = g["timesteps"].to_vec1::<f32>().unwrap().iter().map(|&t| t as f64).collect();
-        let labels: Option<Vec<u32>> = g
-            .get("class_labels")
-            .map(|l| l.to_vec1::<i64>().unwrap().iter().map(|&v| v as u32).collect());
+        let g =
+            candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
+        let ts: Vec<f64> = g["timesteps"]
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&t| t as f64)
+            .collect();
+        let labels: Option<Vec<u32>> = g.get("class_labels").map(|l| {
+            l.to_vec1::<i64>()
+                .unwrap()
+                .iter()
+                .map(|&v| v as u32)
+                .collect()
+        });
         let labels = labels.as_ref().map(|l| ClassLabels::Indices(l));
         let eps = unet
-            .forward(&g["x"], Timesteps::PerSample(&ts), labels.as_ref(), &Ctx::inference())
+            .forward(
+                &g["x"],
+                Timesteps::PerSample(&ts),
+                labels.as_ref(),
+                &Ctx::inference(),
+            )
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let e = common::rel_err(&eps, &g["eps"]);
         eprintln!("{name}: eps rel err {e:.2e}");
