@@ -99,9 +99,10 @@ mod tests {
 
     #[test]
     fn maps_range_endpoints_and_midpoint() {
+        // Channel-major [1, 3, 2, 2]: pixel p = y * 2 + x takes channel c from data[c * 4 + p].
         let x = Tensor::from_vec(
             vec![
-                -1.0f32, 0.0, 1.0, -2.0, 2.0, 0.5, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0,
+                -1.0f32, 0.0, 1.0, -2.0, -1.0, 0.0, 1.0, 0.5, 0.0, 0.0, 0.0, 2.0,
             ],
             (1, 3, 2, 2),
             &Device::Cpu,
@@ -109,13 +110,10 @@ mod tests {
         .unwrap();
         let imgs = to_rgb8(&x).unwrap();
         let img = &imgs[0];
-        // pixel (0,0): channels come from x[0,c,0,0] = -1, -1, 0
-        assert_eq!(img.get_pixel(0, 0).0, [0, 0, 128]);
-        // pixel (1,0): 0, 0, 0 -> 127.5 rounds to 128
+        assert_eq!(img.get_pixel(0, 0).0, [0, 0, 128]); // -1 -> 0, 0 -> 127.5 rounds to 128
         assert_eq!(img.get_pixel(1, 0).0, [128, 128, 128]);
-        // pixel (0,1): 1, 1, 0 ; pixel (1,1): -2 clamps to 0, 2 clamps to 255
         assert_eq!(img.get_pixel(0, 1).0, [255, 255, 128]);
-        assert_eq!(img.get_pixel(1, 1).0, [0, 191, 128]);
+        assert_eq!(img.get_pixel(1, 1).0, [0, 191, 255]); // -2 and 2 clamp; 0.5 -> 191.25
     }
 
     #[test]

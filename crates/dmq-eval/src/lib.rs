@@ -1,3 +1,11 @@
-//! Evaluation for dmq. For now: turning model outputs into images and writing them safely.
+//! Evaluation for dmq: the FID Inception network, FID/sFID statistics and the Fréchet distance,
+//! fidelity to the full-precision model (PSNR, SSIM, noise-prediction error), image sets and output.
 
+pub mod fidelity;
+pub mod frechet;
 pub mod images;
+pub mod imageset;
+pub mod inception;
+pub mod npz;
+pub mod preprocess;
+pub mod stats;
