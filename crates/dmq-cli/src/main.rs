@@ -19,6 +19,12 @@ enum Command {
     Sample(commands::sample::SampleArgs),
     /// Show a model's parameters, its layers with shapes, and multiply-adds per forward.
     Inspect(commands::inspect::InspectArgs),
+    /// Sample a model and score it: FID/sFID, and PSNR/SSIM/noise error against a reference model.
+    Eval(commands::eval::EvalArgs),
+    /// Compute FID/sFID statistics of an image set (pytorch-fid npz layout).
+    FidStats(commands::fid::FidStatsArgs),
+    /// FID (and sFID) between two image sets or statistics files.
+    Fid(commands::fid::FidArgs),
     /// Time UNet forwards and sampling (images/s), and write the numbers as JSON.
     Bench(commands::bench::BenchArgs),
 }
@@ -29,6 +35,9 @@ fn main() {
         Command::Sample(a) => commands::sample::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Eval(a) => commands::eval::run(a),
+        Command::FidStats(a) => commands::fid::run_stats(a),
+        Command::Fid(a) => commands::fid::run_fid(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -9,3 +9,4 @@ pub mod inception;
 pub mod npz;
 pub mod preprocess;
 pub mod stats;
+pub mod fid;

@@ -231,6 +231,11 @@ fn keys(archive: &Archive) -> Vec<String> {
         .collect()
 }
 
+/// The array names in an `.npz` file (member names without `.npy`).
+pub fn npz_keys(path: impl AsRef<Path>) -> Result<Vec<String>> {
+    Ok(keys(&open_archive(path.as_ref())?))
+}
+
 fn has_key(archive: &Archive, key: &str) -> bool {
     archive.index_for_name(&format!("{key}.npy")).is_some()
 }

@@ -11,7 +11,7 @@ use dmq_model::{Ctx, Timesteps};
 use dmq_sched::NoiseSource;
 use serde_json::json;
 
-use super::sample::{sample_batch, scheduler_for, Sampler};
+use super::sample::{sample_batch, scheduler_for, write_json_atomic, Sampler};
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -132,9 +132,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let text = serde_json::to_string_pretty(&report)?;
     println!("{text}");
     if let Some(path) = &args.json {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        write_json_atomic(path, &report)?;
     }
     Ok(())
 }

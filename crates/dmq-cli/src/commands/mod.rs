@@ -1,4 +1,6 @@
 pub mod bench;
+pub mod eval;
+pub mod fid;
 pub mod inspect;
 pub mod sample;
 

@@ -57,25 +57,34 @@ pub struct SampleArgs {
 }
 
 /// Everything that determines the images; a folder is resumed only if this matches exactly.
-fn protocol(args: &SampleArgs, model_name: &str, timesteps: &[usize]) -> serde_json::Value {
+#[allow(clippy::too_many_arguments)]
+pub fn protocol(
+    model_name: &str,
+    sampler: Sampler,
+    eta: f64,
+    seed: u64,
+    class: Option<u32>,
+    model: &ModelArgs,
+    timesteps: &[usize],
+) -> serde_json::Value {
     json!({
         "model": model_name,
-        "sampler": format!("{:?}", args.sampler).to_lowercase(),
-        "steps": args.steps,
-        "eta": if args.sampler == Sampler::Ddim { args.eta } else { 0.0 },
-        "seed": args.seed,
-        "class": args.class,
-        "dtype": args.model.dtype,
-        "device": args.model.device,
+        "sampler": format!("{sampler:?}").to_lowercase(),
+        "steps": timesteps.len(),
+        "eta": if sampler == Sampler::Ddim { eta } else { 0.0 },
+        "seed": seed,
+        "class": class,
+        "dtype": model.dtype,
+        "device": model.device,
         "timesteps": timesteps,
     })
 }
 
-fn image_path(dir: &Path, i: usize) -> PathBuf {
+pub fn image_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("{i:06}.png"))
 }
 
-fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<()> {
+pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(value)? + "\n")
         .with_context(|| format!("writing {}", tmp.display()))?;
@@ -139,101 +148,97 @@ pub fn sample_batch(
     Ok(x)
 }
 
-pub fn run(args: SampleArgs) -> Result<()> {
-    if args.num == 0 || args.batch == 0 {
-        bail!("--num and --batch must be at least 1");
+/// One sampling job into a folder: resumable, refusing to mix with another run's images.
+pub struct SampleJob<'a> {
+    pub unet: &'a UNet2DModel,
+    pub sched: &'a dyn Scheduler,
+    /// Everything that determines the images; stored in samples.json and compared on resume.
+    pub protocol: serde_json::Value,
+    pub seed: u64,
+    pub num: usize,
+    pub batch: usize,
+    pub class: Option<u32>,
+    pub out: &'a Path,
+    pub overwrite: bool,
+    /// Shown on the progress bar.
+    pub label: &'a str,
+}
+
+pub struct SampleOutcome {
+    pub sampled_now: usize,
+    pub wall_s: f64,
+}
+
+/// Samples `job.num` images to `job.out` (NNNNNN.png, grid.png, samples.json).
+pub fn sample_to_folder(job: &SampleJob) -> Result<SampleOutcome> {
+    if job.num == 0 || job.batch == 0 {
+        bail!("the number of images and the batch size must be at least 1");
     }
-    let (pipeline, unet) = args.model.load()?;
-    let resolution = unet
+    let resolution = job
+        .unet
         .config
         .sample_size
         .context("the model's config.json has no sample_size, so the image size is unknown")?;
-    if unet.config.out_channels != unet.config.in_channels || unet.config.in_channels != 3 {
+    if job.unet.config.out_channels != job.unet.config.in_channels || job.unet.config.in_channels != 3 {
         bail!(
-            "{}: dmq samples RGB pixel-space models (3 input and output channels); this one has {} in, {} out",
-            pipeline.name,
-            unet.config.in_channels,
-            unet.config.out_channels
+            "dmq samples RGB pixel-space models (3 input and output channels); this one has {} in, {} out",
+            job.unet.config.in_channels,
+            job.unet.config.out_channels
         );
     }
-    let sched = scheduler_for(&pipeline, args.sampler, args.steps, args.eta)?;
-    let proto = protocol(&args, &pipeline.name, sched.timesteps());
-
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let manifest_path = args.out.join("samples.json");
-    if manifest_path.exists() && !args.overwrite {
-        let old: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)
-                .with_context(|| format!("{} is not valid JSON", manifest_path.display()))?;
-        if old.get("protocol") != Some(&proto) {
+    let out = job.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let manifest_path = out.join("samples.json");
+    if manifest_path.exists() && !job.overwrite {
+        let old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)
+            .with_context(|| format!("{} is not valid JSON", manifest_path.display()))?;
+        if old.get("protocol") != Some(&job.protocol) {
             bail!(
                 "{} holds samples of a different run (model, sampler, steps, eta, seed, dtype or device differ); \
                  pass --overwrite to replace them or choose another --out",
-                args.out.display()
+                out.display()
             );
         }
     }
-    let todo: Vec<usize> = (0..args.num)
-        .filter(|&i| args.overwrite || !image_path(&args.out, i).exists())
+    let todo: Vec<usize> = (0..job.num)
+        .filter(|&i| job.overwrite || !image_path(out, i).exists())
         .collect();
-    let reused = args.num - todo.len();
+    let reused = job.num - todo.len();
     write_json_atomic(
         &manifest_path,
-        &json!({ "protocol": proto, "num": args.num, "complete": false }),
+        &json!({ "protocol": job.protocol, "num": job.num, "complete": false }),
     )?;
     if reused > 0 {
-        eprintln!(
-            "resuming: {reused} of {} images already in {}",
-            args.num,
-            args.out.display()
-        );
+        eprintln!("resuming: {reused} of {} images already in {}", job.num, out.display());
     }
 
-    let noise = NoiseSource::new(args.seed);
-    let batches: Vec<&[usize]> = todo.chunks(args.batch).collect();
-    let pb = ProgressBar::new((batches.len() * sched.timesteps().len()) as u64);
+    let noise = NoiseSource::new(job.seed);
+    let batches: Vec<&[usize]> = todo.chunks(job.batch).collect();
+    let pb = ProgressBar::new((batches.len() * job.sched.timesteps().len()) as u64);
     pb.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {pos}/{len} UNet calls, {elapsed} elapsed, ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} UNet calls, {elapsed} elapsed, ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
-    pb.set_message(format!("sampling {} images", todo.len()));
+    pb.set_message(format!("{}: {} images", job.label, todo.len()));
     let start = Instant::now();
     for indices in &batches {
-        let x = sample_batch(
-            &unet,
-            &*sched,
-            &noise,
-            indices,
-            resolution,
-            args.class,
-            |_| pb.inc(1),
-        )?;
+        let x = sample_batch(job.unet, job.sched, &noise, indices, resolution, job.class, |_| pb.inc(1))?;
         for (img, &i) in images::to_rgb8(&x)?.iter().zip(indices.iter()) {
-            images::save_png_atomic(img, &image_path(&args.out, i))?;
+            images::save_png_atomic(img, &image_path(out, i))?;
         }
     }
     pb.finish_and_clear();
     let wall = start.elapsed().as_secs_f64();
 
-    let all: Vec<image::RgbImage> = (0..args.num)
-        .map(|i| {
-            let p = image_path(&args.out, i);
-            image::open(&p)
-                .with_context(|| format!("reading back {}", p.display()))
-                .map(|im| im.to_rgb8())
-        })
-        .collect::<Result<_>>()?;
-    let grid = images::grid(&all, images::grid_cols(args.num));
-    images::save_png_atomic(&grid, &args.out.join("grid.png"))?;
+    let all = read_images(out, job.num)?;
+    let grid = images::grid(&all, images::grid_cols(job.num.min(256)));
+    images::save_png_atomic(&grid, &out.join("grid.png"))?;
     write_json_atomic(
         &manifest_path,
         &json!({
-            "protocol": proto,
-            "num": args.num,
+            "protocol": job.protocol,
+            "num": job.num,
             "complete": true,
             "sampled_now": todo.len(),
             "wall_s": wall,
@@ -241,12 +246,49 @@ pub fn run(args: SampleArgs) -> Result<()> {
             "dmq_version": env!("CARGO_PKG_VERSION"),
         }),
     )?;
+    Ok(SampleOutcome {
+        sampled_now: todo.len(),
+        wall_s: wall,
+    })
+}
+
+/// The first `num` images of a sample folder (at most 256 for grids).
+pub fn read_images(out: &Path, num: usize) -> Result<Vec<image::RgbImage>> {
+    (0..num.min(256))
+        .map(|i| {
+            let p = image_path(out, i);
+            image::open(&p)
+                .with_context(|| format!("reading back {}", p.display()))
+                .map(|im| im.to_rgb8())
+        })
+        .collect()
+}
+
+pub fn run(args: SampleArgs) -> Result<()> {
+    if args.num == 0 || args.batch == 0 {
+        bail!("--num and --batch must be at least 1");
+    }
+    let (pipeline, unet) = args.model.load()?;
+    let sched = scheduler_for(&pipeline, args.sampler, args.steps, args.eta)?;
+    let job = SampleJob {
+        unet: &unet,
+        sched: &*sched,
+        protocol: protocol(&pipeline.name, args.sampler, args.eta, args.seed, args.class, &args.model, sched.timesteps()),
+        seed: args.seed,
+        num: args.num,
+        batch: args.batch,
+        class: args.class,
+        out: &args.out,
+        overwrite: args.overwrite,
+        label: "sampling",
+    };
+    let outcome = sample_to_folder(&job)?;
     eprintln!(
         "wrote {} images and grid.png to {} ({:.1} s, {:.2} images/s)",
         args.num,
         args.out.display(),
-        wall,
-        todo.len() as f64 / wall.max(1e-9)
+        outcome.wall_s,
+        outcome.sampled_now as f64 / outcome.wall_s.max(1e-9)
     );
     Ok(())
 }
