@@ -19,14 +19,20 @@ fn dmq(cache: &Path, args: &[&str]) -> std::process::Output {
 }
 
 fn ok(o: &std::process::Output) -> String {
-    assert!(o.status.success(), "dmq failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "dmq failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// 6 CIFAR test images as a folder of PNGs.
 fn small_set(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    let src = dmq_eval::imageset::ImageSource::from_path(&shared().join("data/cifar10/cifar10-test.zip")).unwrap();
+    let src =
+        dmq_eval::imageset::ImageSource::from_path(&shared().join("data/cifar10/cifar10-test.zip"))
+            .unwrap();
     let mut n = 0;
     let _ = src.for_each_chunk(6, |c| {
         for img in c {
@@ -45,7 +51,16 @@ fn fid_of_a_set_with_itself_is_zero_and_stats_interoperate() {
     let set = tmp.path().join("set");
     small_set(&set);
     let stats = tmp.path().join("set.npz");
-    let r = dmq(&cache, &["fid-stats", "--images", set.to_str().unwrap(), "--out", stats.to_str().unwrap()]);
+    let r = dmq(
+        &cache,
+        &[
+            "fid-stats",
+            "--images",
+            set.to_str().unwrap(),
+            "--out",
+            stats.to_str().unwrap(),
+        ],
+    );
     ok(&r);
     assert!(String::from_utf8_lossy(&r.stderr).contains("ill-conditioned"));
     let keys = dmq_eval::npz::npz_keys(&stats).unwrap();
@@ -53,7 +68,15 @@ fn fid_of_a_set_with_itself_is_zero_and_stats_interoperate() {
         assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
     }
     // Stats file against the folder it came from: both FID and sFID vanish.
-    let out = ok(&dmq(&cache, &["fid", "--json", stats.to_str().unwrap(), set.to_str().unwrap()]));
+    let out = ok(&dmq(
+        &cache,
+        &[
+            "fid",
+            "--json",
+            stats.to_str().unwrap(),
+            set.to_str().unwrap(),
+        ],
+    ));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["fid"].as_f64().unwrap().abs() < 1e-6, "{v}");
     assert!(v["sfid"].as_f64().unwrap().abs() < 1e-6, "{v}");
@@ -69,7 +92,15 @@ fn fid_of_a_set_with_itself_is_zero_and_stats_interoperate() {
         });
         inv.save(other.join(format!("{i:02}.png"))).unwrap();
     }
-    let out = ok(&dmq(&cache, &["fid", "--json", stats.to_str().unwrap(), other.to_str().unwrap()]));
+    let out = ok(&dmq(
+        &cache,
+        &[
+            "fid",
+            "--json",
+            stats.to_str().unwrap(),
+            other.to_str().unwrap(),
+        ],
+    ));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["fid"].as_f64().unwrap() > 10.0, "{v}");
 }
@@ -85,13 +116,25 @@ fn eval_against_itself_is_a_perfect_match() {
     ok(&dmq(
         &cache,
         &[
-            "eval", "--num", "3", "--steps", "3", "--batch", "3", "--step-error-images", "2",
-            "--fid-ref", set.to_str().unwrap(),
-            "--against", embedded.to_str().unwrap(),
-            "--out", out.to_str().unwrap(),
+            "eval",
+            "--num",
+            "3",
+            "--steps",
+            "3",
+            "--batch",
+            "3",
+            "--step-error-images",
+            "2",
+            "--fid-ref",
+            set.to_str().unwrap(),
+            "--against",
+            embedded.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
         ],
     ));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
     assert_eq!(v["against"]["identical_images"], 3, "{v}");
     assert_eq!(v["against"]["ssim_mean"], 1.0);
     let steps = v["against"]["noise_prediction_error"].as_array().unwrap();

@@ -166,11 +166,14 @@ pub fn cache_dir() -> PathBuf {
 pub fn file_sha256(path: &Path) -> Result<String> {
     use sha2::Digest;
     use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| EvalError::Other(format!("{}: {e}", path.display())))?;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| EvalError::Other(format!("{}: {e}", path.display())))?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| EvalError::Other(format!("{}: {e}", path.display())))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| EvalError::Other(format!("{}: {e}", path.display())))?;
         if n == 0 {
             break;
         }
@@ -186,7 +189,11 @@ pub fn cached_stats_path(src: &Path) -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     let digest = file_sha256(src)?;
-    Ok(Some(cache_dir().join("fid-stats").join(format!("{}-inception2015-v1.npz", &digest[..32]))))
+    Ok(Some(
+        cache_dir()
+            .join("fid-stats")
+            .join(format!("{}-inception2015-v1.npz", &digest[..32])),
+    ))
 }
 
 /// Statistics of an image set, from the cache when it has them (`use_cache`), else computed and
@@ -198,7 +205,11 @@ pub fn stats_of_images_cached(
     use_cache: bool,
     on_batch: impl FnMut(usize),
 ) -> Result<(SetStats, bool)> {
-    let cache = if use_cache { cached_stats_path(src_path)? } else { None };
+    let cache = if use_cache {
+        cached_stats_path(src_path)?
+    } else {
+        None
+    };
     if let Some(c) = &cache {
         if c.is_file() {
             return Ok((SetStats::load(c)?, true));
@@ -207,7 +218,8 @@ pub fn stats_of_images_cached(
     let stats = stats_of_images(net, &ImageSource::from_path(src_path)?, batch, on_batch)?;
     if let Some(c) = &cache {
         if let Some(dir) = c.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| EvalError::Other(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| EvalError::Other(format!("{}: {e}", dir.display())))?;
         }
         stats.save(c)?;
     }
@@ -216,7 +228,8 @@ pub fn stats_of_images_cached(
 
 /// Is `path` an `.npz` of statistics (has `mu` and `sigma`) rather than of images?
 pub fn is_stats_file(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
         && npz_keys(path)
             .map(|k| k.iter().any(|k| k == "mu") && k.iter().any(|k| k == "sigma"))
             .unwrap_or(false)

@@ -5,6 +5,8 @@
 //! channels (as NVIDIA's and ADM's evaluators do); an alpha channel is dropped (not blended);
 //! 16-bit images are scaled to 8 bits by `image`'s `to_rgb8`. All images of a set must share one
 //! size: a mixed set almost always means the wrong folder, so it is an error naming two of them.
+//! In a folder written by `dmq sample` (recognised by its `samples.json`) only the samples
+//! `NNNNNN.png` count, not `grid.png`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -228,9 +230,20 @@ fn folder_files(dir: &Path) -> Result<Vec<PathBuf>> {
         path: dir.display().to_string(),
         source,
     })?;
+    // A folder written by `dmq sample` (it has samples.json) also holds grid.png: take only the
+    // samples themselves, NNNNNN.png.
+    let dmq_samples = dir.join("samples.json").is_file();
+    let is_sample = |p: &Path| {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        name.len() == 10 && name.ends_with(".png") && name[..6].bytes().all(|b| b.is_ascii_digit())
+    };
     let mut files: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && is_image_name(&p.to_string_lossy()))
+        .filter(|p| !dmq_samples || is_sample(p))
         .collect();
     files.sort();
     Ok(files)

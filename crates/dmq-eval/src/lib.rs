@@ -1,6 +1,7 @@
 //! Evaluation for dmq: the FID Inception network, FID/sFID statistics and the Fréchet distance,
 //! fidelity to the full-precision model (PSNR, SSIM, noise-prediction error), image sets and output.
 
+pub mod fid;
 pub mod fidelity;
 pub mod frechet;
 pub mod images;
@@ -9,4 +10,3 @@ pub mod inception;
 pub mod npz;
 pub mod preprocess;
 pub mod stats;
-pub mod fid;

@@ -136,3 +136,27 @@ fn reads_the_shared_cifar_test_zip() {
     .unwrap_err();
     assert_eq!(first.unwrap().dimensions(), (32, 32));
 }
+
+#[test]
+fn dmq_sample_folders_skip_their_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    for i in 0..2 {
+        std::fs::write(
+            tmp.path().join(format!("{i:06}.png")),
+            png_bytes(RgbImage::new(4, 4).into()),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        tmp.path().join("grid.png"),
+        png_bytes(RgbImage::new(8, 4).into()),
+    )
+    .unwrap();
+    let src = ImageSource::from_path(tmp.path()).unwrap();
+    assert!(
+        collect(&src, 8).is_err(),
+        "without samples.json the grid is an ordinary (mixed-size) image"
+    );
+    std::fs::write(tmp.path().join("samples.json"), "{}").unwrap();
+    assert_eq!(collect(&src, 8).unwrap().len(), 2);
+}

@@ -15,7 +15,9 @@ use dmq_sched::{NoiseSource, SchedError};
 use serde_json::json;
 
 use super::fid::{stats_of, InceptionArgs};
-use super::sample::{protocol, read_images, sample_to_folder, scheduler_for, write_json_atomic, SampleJob, Sampler};
+use super::sample::{
+    protocol, read_images, sample_to_folder, scheduler_for, write_json_atomic, SampleJob, Sampler,
+};
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -70,8 +72,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let started = Instant::now();
     let (pipeline, unet) = args.model.load()?;
     let sched = scheduler_for(&pipeline, args.sampler, args.steps, args.eta)?;
-    let proto = protocol(&pipeline.name, args.sampler, args.eta, args.seed, None, &args.model, sched.timesteps());
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let proto = protocol(
+        &pipeline.name,
+        args.sampler,
+        args.eta,
+        args.seed,
+        None,
+        &args.model,
+        sched.timesteps(),
+    );
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let samples_dir = args.out.join("samples");
     let job = SampleJob {
         unet: &unet,
@@ -112,7 +123,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let fp_job = SampleJob {
             unet: &fp_unet,
             sched: &*fp_sched,
-            protocol: protocol(&fp_pipeline.name, args.sampler, args.eta, args.seed, None, &fp_args, fp_sched.timesteps()),
+            protocol: protocol(
+                &fp_pipeline.name,
+                args.sampler,
+                args.eta,
+                args.seed,
+                None,
+                &fp_args,
+                fp_sched.timesteps(),
+            ),
             seed: args.seed,
             num: args.num,
             batch: args.batch,
@@ -131,20 +150,30 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let k = args.step_error_images.min(args.num);
         let mut errs = StepErrors::default();
         if k > 0 {
-            let res = fp_unet.config.sample_size.context("config.json has no sample_size")?;
+            let res = fp_unet
+                .config
+                .sample_size
+                .context("config.json has no sample_size")?;
             let shape = [fp_unet.config.in_channels, res, res];
             let noise = NoiseSource::new(args.seed);
             for idx in (0..k).collect::<Vec<_>>().chunks(args.batch) {
-                let x = noise.initial(idx, &shape, fp_unet.device())?.to_dtype(fp_unet.dtype())?;
+                let x = noise
+                    .initial(idx, &shape, fp_unet.device())?
+                    .to_dtype(fp_unet.dtype())?;
                 dmq_sched::sample(
                     &*fp_sched,
                     x,
                     |x, t, i| {
                         let ctx = Ctx::at_step(i);
-                        let e_fp = fp_unet.forward(x, Timesteps::Shared(t as f64), None, &ctx).map_err(SchedError::other)?;
+                        let e_fp = fp_unet
+                            .forward(x, Timesteps::Shared(t as f64), None, &ctx)
+                            .map_err(SchedError::other)?;
                         let xq = x.to_dtype(unet.dtype())?;
-                        let e_q = unet.forward(&xq, Timesteps::Shared(t as f64), None, &ctx).map_err(SchedError::other)?;
-                        errs.add(i, &e_fp, &e_q.to_dtype(e_fp.dtype())?).map_err(SchedError::other)?;
+                        let e_q = unet
+                            .forward(&xq, Timesteps::Shared(t as f64), None, &ctx)
+                            .map_err(SchedError::other)?;
+                        errs.add(i, &e_fp, &e_q.to_dtype(e_fp.dtype())?)
+                            .map_err(SchedError::other)?;
                         Ok(e_fp)
                     },
                     |i| Ok(Some(noise.step_noise(i, idx, &shape, fp_unet.device())?)),
@@ -169,7 +198,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
         });
         eprintln!(
             "against {}: PSNR {:.2} dB (min {:.2}), SSIM {:.4} (min {:.4})",
-            fp_pipeline.name, pairs.psnr_mean_db, pairs.psnr_min_db, pairs.ssim_mean, pairs.ssim_min
+            fp_pipeline.name,
+            pairs.psnr_mean_db,
+            pairs.psnr_min_db,
+            pairs.ssim_mean,
+            pairs.ssim_min
         );
         fp_dir = Some(dir);
     }
@@ -185,7 +218,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
             "fid": d.fid, "sfid": d.sfid, "samples": ours.count(),
             "inception": args.inception.weights_path()?,
         });
-        eprintln!("FID {:.3}{}", d.fid, d.sfid.map(|s| format!(", sFID {s:.3}")).unwrap_or_default());
+        eprintln!(
+            "FID {:.3}{}",
+            d.fid,
+            d.sfid.map(|s| format!(", sFID {s:.3}")).unwrap_or_default()
+        );
         if let Some(dir) = &fp_dir {
             let fp: SetStats = stats_of(dir, &args.inception, &mut net)?;
             let dfp = fid::distances(&fp, &ref_stats)?;
@@ -202,9 +239,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let mut tiles = Vec::new();
             for (f, q) in fp.chunks(8).zip(ours.chunks(8)) {
                 tiles.extend_from_slice(f);
-                tiles.extend(std::iter::repeat_n(image::RgbImage::new(f[0].width(), f[0].height()), 8 - f.len()));
+                tiles.extend(std::iter::repeat_n(
+                    image::RgbImage::new(f[0].width(), f[0].height()),
+                    8 - f.len(),
+                ));
                 tiles.extend_from_slice(q);
-                tiles.extend(std::iter::repeat_n(image::RgbImage::new(q[0].width(), q[0].height()), 8 - q.len()));
+                tiles.extend(std::iter::repeat_n(
+                    image::RgbImage::new(q[0].width(), q[0].height()),
+                    8 - q.len(),
+                ));
             }
             images::grid(&tiles, 8)
         }
@@ -220,6 +263,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     images::save_png_atomic(&picture, &args.out.join("side-by-side.png"))?;
     report["wall_s"] = json!(started.elapsed().as_secs_f64());
     write_json_atomic(&args.out.join("eval.json"), &report)?;
-    eprintln!("wrote {} and side-by-side.png", args.out.join("eval.json").display());
+    eprintln!(
+        "wrote {} and side-by-side.png",
+        args.out.join("eval.json").display()
+    );
     Ok(())
 }

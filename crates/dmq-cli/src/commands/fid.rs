@@ -64,9 +64,11 @@ impl InceptionArgs {
 fn progress(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, {elapsed} elapsed, ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} images, {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb
@@ -74,9 +76,14 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 
 /// Statistics of `path`: an npz of statistics is read; images (folder, zip, npz `arr_0`) are
 /// run through the network (files are cached by content).
-pub fn stats_of(path: &Path, inc: &InceptionArgs, net: &mut Option<FidInception>) -> Result<SetStats> {
+pub fn stats_of(
+    path: &Path,
+    inc: &InceptionArgs,
+    net: &mut Option<FidInception>,
+) -> Result<SetStats> {
     if fid::is_stats_file(path) {
-        return SetStats::load(path).with_context(|| format!("reading statistics {}", path.display()));
+        return SetStats::load(path)
+            .with_context(|| format!("reading statistics {}", path.display()));
     }
     let src = ImageSource::from_path(path)?;
     let n = src.len()?;
@@ -84,13 +91,21 @@ pub fn stats_of(path: &Path, inc: &InceptionArgs, net: &mut Option<FidInception>
         *net = Some(inc.load()?);
     }
     let network = net.as_ref().expect("loaded above");
-    let pb = progress(n as u64, &format!("Inception features of {}", path.display()));
-    let (stats, cached) = fid::stats_of_images_cached(network, path, inc.fid_batch, !inc.no_cache, |k| {
-        pb.inc(k as u64)
-    })?;
+    let pb = progress(
+        n as u64,
+        &format!("Inception features of {}", path.display()),
+    );
+    let (stats, cached) =
+        fid::stats_of_images_cached(network, path, inc.fid_batch, !inc.no_cache, |k| {
+            pb.inc(k as u64)
+        })?;
     pb.finish_and_clear();
     if cached {
-        eprintln!("{}: statistics from the cache ({} images)", path.display(), stats.count());
+        eprintln!(
+            "{}: statistics from the cache ({} images)",
+            path.display(),
+            stats.count()
+        );
     }
     if stats.fid.ill_conditioned() {
         eprintln!(
@@ -117,7 +132,10 @@ pub struct FidStatsArgs {
 pub fn run_stats(args: FidStatsArgs) -> Result<()> {
     let mut net = None;
     if fid::is_stats_file(&args.images) {
-        bail!("{} already holds statistics, not images", args.images.display());
+        bail!(
+            "{} already holds statistics, not images",
+            args.images.display()
+        );
     }
     let stats = stats_of(&args.images, &args.inception, &mut net)?;
     stats.save(&args.out)?;

@@ -179,7 +179,9 @@ pub fn sample_to_folder(job: &SampleJob) -> Result<SampleOutcome> {
         .config
         .sample_size
         .context("the model's config.json has no sample_size, so the image size is unknown")?;
-    if job.unet.config.out_channels != job.unet.config.in_channels || job.unet.config.in_channels != 3 {
+    if job.unet.config.out_channels != job.unet.config.in_channels
+        || job.unet.config.in_channels != 3
+    {
         bail!(
             "dmq samples RGB pixel-space models (3 input and output channels); this one has {} in, {} out",
             job.unet.config.in_channels,
@@ -190,8 +192,9 @@ pub fn sample_to_folder(job: &SampleJob) -> Result<SampleOutcome> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let manifest_path = out.join("samples.json");
     if manifest_path.exists() && !job.overwrite {
-        let old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)
-            .with_context(|| format!("{} is not valid JSON", manifest_path.display()))?;
+        let old: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)
+                .with_context(|| format!("{} is not valid JSON", manifest_path.display()))?;
         if old.get("protocol") != Some(&job.protocol) {
             bail!(
                 "{} holds samples of a different run (model, sampler, steps, eta, seed, dtype or device differ); \
@@ -209,21 +212,35 @@ pub fn sample_to_folder(job: &SampleJob) -> Result<SampleOutcome> {
         &json!({ "protocol": job.protocol, "num": job.num, "complete": false }),
     )?;
     if reused > 0 {
-        eprintln!("resuming: {reused} of {} images already in {}", job.num, out.display());
+        eprintln!(
+            "resuming: {reused} of {} images already in {}",
+            job.num,
+            out.display()
+        );
     }
 
     let noise = NoiseSource::new(job.seed);
     let batches: Vec<&[usize]> = todo.chunks(job.batch).collect();
     let pb = ProgressBar::new((batches.len() * job.sched.timesteps().len()) as u64);
     pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} UNet calls, {elapsed} elapsed, ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} UNet calls, {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb.set_message(format!("{}: {} images", job.label, todo.len()));
     let start = Instant::now();
     for indices in &batches {
-        let x = sample_batch(job.unet, job.sched, &noise, indices, resolution, job.class, |_| pb.inc(1))?;
+        let x = sample_batch(
+            job.unet,
+            job.sched,
+            &noise,
+            indices,
+            resolution,
+            job.class,
+            |_| pb.inc(1),
+        )?;
         for (img, &i) in images::to_rgb8(&x)?.iter().zip(indices.iter()) {
             images::save_png_atomic(img, &image_path(out, i))?;
         }
@@ -273,7 +290,15 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let job = SampleJob {
         unet: &unet,
         sched: &*sched,
-        protocol: protocol(&pipeline.name, args.sampler, args.eta, args.seed, args.class, &args.model, sched.timesteps()),
+        protocol: protocol(
+            &pipeline.name,
+            args.sampler,
+            args.eta,
+            args.seed,
+            args.class,
+            &args.model,
+            sched.timesteps(),
+        ),
         seed: args.seed,
         num: args.num,
         batch: args.batch,
