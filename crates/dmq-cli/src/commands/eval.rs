@@ -253,7 +253,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         None => images::grid(&ours, 8),
     };
-    let scale = (256 / picture.width().max(1)).max(1);
+    let scale = (1024 / picture.width().max(1)).max(1);
     let picture = image::imageops::resize(
         &picture,
         picture.width() * scale,
