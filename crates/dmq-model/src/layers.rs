@@ -2,6 +2,8 @@
 //! checkpoint path (`down_blocks.1.resnets.0.conv1`): that path is their identity everywhere in
 //! dmq (quantization configs, reports, artifacts), exactly as in diffusers.
 
+use std::sync::Arc;
+
 use candle_core::{Module, Tensor, D};
 
 use crate::ctx::{Ctx, OpKind};
@@ -17,6 +19,66 @@ pub fn join(prefix: &str, name: &str) -> String {
     }
 }
 
+/// What a quantizable layer is, for code that replaces how it computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    Conv2d { stride: usize, padding: usize },
+    Linear,
+}
+
+/// A replacement for how one conv or linear layer computes: fake quantization during
+/// calibration and simulated inference, integer kernels later. The model's `forward` never knows
+/// which: it calls the layer, the layer calls its exec if it has one.
+pub trait LayerExec: Send + Sync {
+    /// Computes the layer on `x`. `float_op(input, weight)` is the layer's own float computation
+    /// (bias included) for any input and weight of the right shapes, so an exec that only
+    /// transforms operands (fake quantization, equivalent scaling) needs nothing else.
+    fn forward(
+        &self,
+        layer: &LayerRef,
+        x: &Tensor,
+        float_op: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        ctx: &Ctx,
+    ) -> Result<Tensor>;
+}
+
+/// A quantizable layer of a model, borrowed mutably (to install or remove an exec).
+pub enum LayerMut<'a> {
+    Conv(&'a mut Conv2d),
+    Linear(&'a mut Linear),
+}
+
+impl LayerMut<'_> {
+    pub fn path(&self) -> &str {
+        match self {
+            LayerMut::Conv(c) => &c.path,
+            LayerMut::Linear(l) => &l.path,
+        }
+    }
+
+    pub fn layer_ref(&self) -> LayerRef<'_> {
+        match self {
+            LayerMut::Conv(c) => c.layer_ref(),
+            LayerMut::Linear(l) => l.layer_ref(),
+        }
+    }
+
+    pub fn set_exec(&mut self, exec: Option<Arc<dyn LayerExec>>) {
+        match self {
+            LayerMut::Conv(c) => c.exec = exec,
+            LayerMut::Linear(l) => l.exec = exec,
+        }
+    }
+}
+
+/// A read-only view of a quantizable layer, handed to its exec.
+pub struct LayerRef<'a> {
+    pub path: &'a str,
+    pub kind: LayerKind,
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+}
+
 /// A 2-D convolution (square kernel, symmetric padding, no groups or dilation: what UNets use).
 pub struct Conv2d {
     pub path: String,
@@ -24,6 +86,8 @@ pub struct Conv2d {
     pub bias: Option<Tensor>,
     pub stride: usize,
     pub padding: usize,
+    /// How it computes when not in float (set by quantization passes).
+    pub exec: Option<Arc<dyn LayerExec>>,
 }
 
 impl Conv2d {
@@ -42,6 +106,7 @@ impl Conv2d {
             bias: Some(w.get(&join(path, "bias"), &[out_c])?),
             stride,
             padding,
+            exec: None,
         })
     }
 
@@ -57,11 +122,31 @@ impl Conv2d {
         self.weight.dims()[2]
     }
 
-    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        let y = match &self.bias {
+    /// The float convolution of `x` with `weight` (and this layer's bias).
+    pub fn float_op(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(weight, self.padding, self.stride, 1, 1)?;
+        Ok(match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dims()[0], 1, 1))?)?,
             None => y,
+        })
+    }
+
+    pub fn layer_ref(&self) -> LayerRef<'_> {
+        LayerRef {
+            path: &self.path,
+            kind: LayerKind::Conv2d {
+                stride: self.stride,
+                padding: self.padding,
+            },
+            weight: &self.weight,
+            bias: self.bias.as_ref(),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let y = match &self.exec {
+            Some(exec) => exec.forward(&self.layer_ref(), x, &|x, w| self.float_op(x, w), ctx)?,
+            None => self.float_op(x, &self.weight)?,
         };
         if ctx.tracing_on() {
             let (_, _, h, wd) = y.dims4()?;
@@ -83,6 +168,8 @@ pub struct Linear {
     pub path: String,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// How it computes when not in float (set by quantization passes).
+    pub exec: Option<Arc<dyn LayerExec>>,
 }
 
 impl Linear {
@@ -91,6 +178,7 @@ impl Linear {
             path: path.to_string(),
             weight: w.get(&join(path, "weight"), &[out_f, in_f])?,
             bias: Some(w.get(&join(path, "bias"), &[out_f])?),
+            exec: None,
         })
     }
 
@@ -120,21 +208,40 @@ impl Linear {
         self.weight.dims()[0]
     }
 
-    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    /// The float product of `x` with `weight` (and this layer's bias) over the last axis.
+    pub fn float_op(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_f = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_f.max(1);
         let x2 = x.reshape((rows, in_f))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = x2.matmul(&weight.t()?)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
-        let mut out_dims = dims.clone();
+        let mut out_dims = dims;
         *out_dims
             .last_mut()
-            .expect("linear input has at least one axis") = self.out_features();
-        let y = y.reshape(out_dims)?;
+            .expect("linear input has at least one axis") = weight.dims()[0];
+        Ok(y.reshape(out_dims)?)
+    }
+
+    pub fn layer_ref(&self) -> LayerRef<'_> {
+        LayerRef {
+            path: &self.path,
+            kind: LayerKind::Linear,
+            weight: &self.weight,
+            bias: self.bias.as_ref(),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let y = match &self.exec {
+            Some(exec) => exec.forward(&self.layer_ref(), x, &|x, w| self.float_op(x, w), ctx)?,
+            None => self.float_op(x, &self.weight)?,
+        };
         if ctx.tracing_on() {
+            let in_f = self.in_features();
+            let rows = x.elem_count() / in_f.max(1);
             let macs = rows * in_f * self.out_features();
             ctx.record(
                 (&self.path, OpKind::Linear, self.weight.dims()),

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use crate::ctx::{Ctx, OpKind};
 use crate::error::Result;
-use crate::layers::{softmax_last, GroupNorm, Linear};
+use crate::layers::{softmax_last, GroupNorm, LayerMut, Linear};
 use crate::weights::WeightStore;
 
 pub struct SpatialAttention {
@@ -44,6 +44,14 @@ impl SpatialAttention {
             heads: channels / head_dim,
             rescale_output_factor,
         })
+    }
+
+    /// Its linear layers in forward order.
+    pub fn layers_mut<'a>(&'a mut self, out: &mut Vec<LayerMut<'a>>) {
+        out.push(LayerMut::Linear(&mut self.to_q));
+        out.push(LayerMut::Linear(&mut self.to_k));
+        out.push(LayerMut::Linear(&mut self.to_v));
+        out.push(LayerMut::Linear(&mut self.to_out));
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {

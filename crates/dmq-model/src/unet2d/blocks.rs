@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use crate::ctx::Ctx;
 use crate::error::Result;
-use crate::layers::Conv2d;
+use crate::layers::{Conv2d, LayerMut};
 use crate::unet2d::attention::SpatialAttention;
 use crate::unet2d::resnet::{ResnetBlock2D, ResnetSpec};
 use crate::weights::WeightStore;
@@ -127,6 +127,20 @@ impl DownBlock {
         })
     }
 
+    /// Its conv and linear layers in forward order.
+    pub fn layers_mut<'a>(&'a mut self, out: &mut Vec<LayerMut<'a>>) {
+        let mut attns = self.attentions.iter_mut();
+        for r in self.resnets.iter_mut() {
+            r.layers_mut(out);
+            if let Some(a) = attns.next() {
+                a.layers_mut(out);
+            }
+        }
+        if let Some(d) = &mut self.downsampler {
+            out.push(LayerMut::Conv(&mut d.conv));
+        }
+    }
+
     /// Returns the block output and the states it hands to the up path, in order.
     pub fn forward(
         &self,
@@ -181,6 +195,16 @@ impl MidBlock {
             None
         };
         Ok(Self { resnets, attention })
+    }
+
+    /// Its conv and linear layers in forward order.
+    pub fn layers_mut<'a>(&'a mut self, out: &mut Vec<LayerMut<'a>>) {
+        let (first, rest) = self.resnets.split_at_mut(1);
+        first[0].layers_mut(out);
+        if let Some(a) = &mut self.attention {
+            a.layers_mut(out);
+        }
+        rest[0].layers_mut(out);
     }
 
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor, ctx: &Ctx) -> Result<Tensor> {
@@ -249,6 +273,20 @@ impl UpBlock {
             attentions,
             upsampler,
         })
+    }
+
+    /// Its conv and linear layers in forward order.
+    pub fn layers_mut<'a>(&'a mut self, out: &mut Vec<LayerMut<'a>>) {
+        let mut attns = self.attentions.iter_mut();
+        for r in self.resnets.iter_mut() {
+            r.layers_mut(out);
+            if let Some(a) = attns.next() {
+                a.layers_mut(out);
+            }
+        }
+        if let Some(u) = &mut self.upsampler {
+            out.push(LayerMut::Conv(&mut u.conv));
+        }
     }
 
     /// `skips` holds this block's skip states, consumed from the back.

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::{DownBlockType, TimeEmbeddingType, UNet2DConfig, UpBlockType};
 use crate::ctx::Ctx;
 use crate::error::{ModelError, Result};
-use crate::layers::{silu, Conv2d, GroupNorm};
+use crate::layers::{silu, Conv2d, GroupNorm, LayerMut};
 use crate::weights::WeightStore;
 use blocks::{AttnSpec, DownBlock, MidBlock, UpBlock};
 use embeddings::{ClassEmbed, ClassLabels, TimeProj, TimestepEmbedding};
@@ -153,6 +153,38 @@ impl UNet2DModel {
         };
         w.check_all_used()?;
         Ok(model)
+    }
+
+    /// Every conv and linear layer in forward order (time embedding first), each under its
+    /// checkpoint path: what quantization passes visit.
+    pub fn layers_mut(&mut self) -> Vec<LayerMut<'_>> {
+        let mut out = Vec::new();
+        out.push(LayerMut::Linear(&mut self.time_embedding.linear_1));
+        out.push(LayerMut::Linear(&mut self.time_embedding.linear_2));
+        if let Some(ClassEmbed::Timestep(e)) = &mut self.class_embedding {
+            out.push(LayerMut::Linear(&mut e.linear_1));
+            out.push(LayerMut::Linear(&mut e.linear_2));
+        }
+        out.push(LayerMut::Conv(&mut self.conv_in));
+        for b in self.down_blocks.iter_mut() {
+            b.layers_mut(&mut out);
+        }
+        if let Some(m) = &mut self.mid_block {
+            m.layers_mut(&mut out);
+        }
+        for b in self.up_blocks.iter_mut() {
+            b.layers_mut(&mut out);
+        }
+        out.push(LayerMut::Conv(&mut self.conv_out));
+        out
+    }
+
+    /// Checkpoint paths of every conv and linear layer, in forward order.
+    pub fn layer_paths(&mut self) -> Vec<String> {
+        self.layers_mut()
+            .iter()
+            .map(|l| l.path().to_string())
+            .collect()
     }
 
     pub fn device(&self) -> &Device {

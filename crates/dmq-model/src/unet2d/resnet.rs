@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use crate::config::TimeScaleShift;
 use crate::ctx::Ctx;
 use crate::error::Result;
-use crate::layers::{silu, Conv2d, GroupNorm, Linear};
+use crate::layers::{silu, Conv2d, GroupNorm, LayerMut, Linear};
 use crate::weights::WeightStore;
 
 pub struct ResnetBlock2D {
@@ -59,6 +59,16 @@ impl ResnetBlock2D {
             time_scale_shift: s.time_scale_shift,
             output_scale_factor: s.output_scale_factor,
         })
+    }
+
+    /// Its conv and linear layers in forward order.
+    pub fn layers_mut<'a>(&'a mut self, out: &mut Vec<LayerMut<'a>>) {
+        out.push(LayerMut::Conv(&mut self.conv1));
+        out.push(LayerMut::Linear(&mut self.time_emb_proj));
+        out.push(LayerMut::Conv(&mut self.conv2));
+        if let Some(s) = &mut self.conv_shortcut {
+            out.push(LayerMut::Conv(s));
+        }
     }
 
     /// `temb_act` is `silu(temb)`, computed once per forward by the model and shared by all blocks.
