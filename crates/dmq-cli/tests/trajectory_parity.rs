@@ -11,16 +11,7 @@ fn shared() -> PathBuf {
 }
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    let s = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-    d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap()
+    dmq_model::compare::max_rel_err(a, b).unwrap()
 }
 
 /// Runs `kind` for 20 steps from the golden x_T, injecting the golden noise where it has one.

@@ -1,6 +1,7 @@
 //! Diffusion model definitions for dmq, driven by diffusers' `config.json`, and their loading from
 //! diffusers folders, sharded safetensors, the Hugging Face hub cache and the embedded default model.
 
+pub mod compare;
 pub mod config;
 pub mod ctx;
 pub mod embedded;

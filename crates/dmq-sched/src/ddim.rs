@@ -149,26 +149,9 @@ impl Scheduler for Ddim {
 mod tests {
     use super::*;
     use crate::config::{PredictionType, TimestepSpacing};
-    use candle_core::{DType, Device};
+    use candle_core::DType;
 
-    const X: [f64; 4] = [0.3, -1.2, 2.5, 0.05];
-    const E: [f64; 4] = [-0.7, 0.4, 1.1, -2.0];
-    const N: [f64; 4] = [0.9, -0.3, 0.2, 1.5];
-
-    fn t(v: &[f64]) -> Tensor {
-        Tensor::new(v, &Device::Cpu).unwrap()
-    }
-
-    fn v(x: &Tensor) -> Vec<f64> {
-        x.to_vec1::<f64>().unwrap()
-    }
-
-    fn close(a: &[f64], b: &[f64], tol: f64) {
-        assert_eq!(a.len(), b.len());
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= tol, "element {i}: {x} vs {y}");
-        }
-    }
+    use crate::test_util::{close, t, v, E, N, X};
 
     /// ᾱ by hand: Π (1 − βₛ) for the default linear schedule.
     fn acp(t: usize) -> f64 {

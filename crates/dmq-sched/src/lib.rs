@@ -31,6 +31,8 @@ mod error;
 mod noise;
 mod sample;
 mod scheduler;
+#[cfg(test)]
+mod test_util;
 
 pub use config::{
     rescale_zero_terminal_snr, BetaSchedule, PredictionType, ScheduleConfig, TimestepSpacing,

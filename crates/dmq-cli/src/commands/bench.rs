@@ -11,7 +11,7 @@ use dmq_model::{Ctx, Timesteps};
 use dmq_sched::NoiseSource;
 use serde_json::json;
 
-use super::sample::{sample_batch, scheduler_for, write_json_atomic, Sampler};
+use super::sample::{sample_batch, scheduler_for, write_json_atomic, ProtocolArgs, Sampler};
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -96,7 +96,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let mut sampling = serde_json::Value::Null;
     if args.sample_batch > 0 {
-        let sched = scheduler_for(&pipeline, Sampler::Ddim, args.steps, 0.0)?;
+        let ddim = ProtocolArgs {
+            sampler: Sampler::Ddim,
+            steps: args.steps,
+            eta: 0.0,
+            seed: 0,
+        };
+        let sched = scheduler_for(&pipeline, &ddim)?;
         let noise = NoiseSource::new(0);
         let idx: Vec<usize> = (0..args.sample_batch).collect();
         let t0 = Instant::now();

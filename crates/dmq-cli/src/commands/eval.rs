@@ -16,7 +16,8 @@ use serde_json::json;
 
 use super::fid::{stats_of, InceptionArgs};
 use super::sample::{
-    protocol, read_images, sample_to_folder, scheduler_for, write_json_atomic, SampleJob, Sampler,
+    protocol, read_images, sample_to_folder, scheduler_for, write_json_atomic, ProtocolArgs,
+    SampleJob,
 };
 use super::ModelArgs;
 
@@ -24,21 +25,11 @@ use super::ModelArgs;
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
     /// Number of images to sample and score.
     #[arg(long, default_value_t = 10_000)]
     pub num: usize,
-    /// Sampler.
-    #[arg(long, value_enum, default_value_t = Sampler::Ddim)]
-    pub sampler: Sampler,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 100)]
-    pub steps: usize,
-    /// DDIM noise weight.
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
-    /// Seed; image i gets the same noise in the evaluated and the --against model.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Images per UNet call.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -71,12 +62,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let started = Instant::now();
     let (pipeline, unet) = args.model.load()?;
-    let sched = scheduler_for(&pipeline, args.sampler, args.steps, args.eta)?;
+    let sched = scheduler_for(&pipeline, &args.protocol)?;
     let proto = protocol(
         &pipeline.name,
-        args.sampler,
-        args.eta,
-        args.seed,
+        &args.protocol,
         None,
         &args.model,
         sched.timesteps(),
@@ -88,7 +77,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         unet: &unet,
         sched: &*sched,
         protocol: proto.clone(),
-        seed: args.seed,
+        seed: args.protocol.seed,
         num: args.num,
         batch: args.batch,
         class: None,
@@ -115,7 +104,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             dtype: args.against_dtype.clone(),
         };
         let (fp_pipeline, fp_unet) = fp_args.load()?;
-        let fp_sched = scheduler_for(&fp_pipeline, args.sampler, args.steps, args.eta)?;
+        let fp_sched = scheduler_for(&fp_pipeline, &args.protocol)?;
         if fp_sched.timesteps() != sched.timesteps() {
             bail!("the --against model's scheduler gives other timesteps; the comparison needs the same protocol");
         }
@@ -125,14 +114,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
             sched: &*fp_sched,
             protocol: protocol(
                 &fp_pipeline.name,
-                args.sampler,
-                args.eta,
-                args.seed,
+                &args.protocol,
                 None,
                 &fp_args,
                 fp_sched.timesteps(),
             ),
-            seed: args.seed,
+            seed: args.protocol.seed,
             num: args.num,
             batch: args.batch,
             class: None,
@@ -155,7 +142,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 .sample_size
                 .context("config.json has no sample_size")?;
             let shape = [fp_unet.config.in_channels, res, res];
-            let noise = NoiseSource::new(args.seed);
+            let noise = NoiseSource::new(args.protocol.seed);
             for idx in (0..k).collect::<Vec<_>>().chunks(args.batch) {
                 let x = noise
                     .initial(idx, &shape, fp_unet.device())?

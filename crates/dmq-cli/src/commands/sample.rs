@@ -23,10 +23,9 @@ pub enum Sampler {
     Ddpm,
 }
 
-#[derive(Args, Debug)]
-pub struct SampleArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
+/// The sampling protocol: what, besides the model, determines the images.
+#[derive(Args, Debug, Clone)]
+pub struct ProtocolArgs {
     /// Sampler.
     #[arg(long, value_enum, default_value_t = Sampler::Ddim)]
     pub sampler: Sampler,
@@ -36,9 +35,18 @@ pub struct SampleArgs {
     /// DDIM noise weight (0 = deterministic); ignored by DDPM.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// Seed of all noise; image i always gets the same noise for a given seed.
+    /// Seed of all noise; image i always gets the same noise for a given seed (also in the
+    /// model that `dmq eval --against` compares with).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
     /// Number of images.
     #[arg(long, default_value_t = 16)]
     pub num: usize,
@@ -57,22 +65,19 @@ pub struct SampleArgs {
 }
 
 /// Everything that determines the images; a folder is resumed only if this matches exactly.
-#[allow(clippy::too_many_arguments)]
 pub fn protocol(
     model_name: &str,
-    sampler: Sampler,
-    eta: f64,
-    seed: u64,
+    p: &ProtocolArgs,
     class: Option<u32>,
     model: &ModelArgs,
     timesteps: &[usize],
 ) -> serde_json::Value {
     json!({
         "model": model_name,
-        "sampler": format!("{sampler:?}").to_lowercase(),
+        "sampler": format!("{:?}", p.sampler).to_lowercase(),
         "steps": timesteps.len(),
-        "eta": if sampler == Sampler::Ddim { eta } else { 0.0 },
-        "seed": seed,
+        "eta": if p.sampler == Sampler::Ddim { p.eta } else { 0.0 },
+        "seed": p.seed,
         "class": class,
         "dtype": model.dtype,
         "device": model.device,
@@ -92,13 +97,12 @@ pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// Builds the scheduler of the pipeline for these arguments.
+/// Builds the scheduler of the pipeline for this protocol.
 pub fn scheduler_for(
     pipeline: &dmq_model::Pipeline,
-    sampler: Sampler,
-    steps: usize,
-    eta: f64,
+    p: &ProtocolArgs,
 ) -> Result<Box<dyn Scheduler>> {
+    let (sampler, steps, eta) = (p.sampler, p.steps, p.eta);
     let (label, text) = pipeline.scheduler_config_text()?;
     let cfg = ScheduleConfig::from_json_str(&label, &text)?;
     let kind = match sampler {
@@ -286,20 +290,18 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("--num and --batch must be at least 1");
     }
     let (pipeline, unet) = args.model.load()?;
-    let sched = scheduler_for(&pipeline, args.sampler, args.steps, args.eta)?;
+    let sched = scheduler_for(&pipeline, &args.protocol)?;
     let job = SampleJob {
         unet: &unet,
         sched: &*sched,
         protocol: protocol(
             &pipeline.name,
-            args.sampler,
-            args.eta,
-            args.seed,
+            &args.protocol,
             args.class,
             &args.model,
             sched.timesteps(),
         ),
-        seed: args.seed,
+        seed: args.protocol.seed,
         num: args.num,
         batch: args.batch,
         class: args.class,

@@ -68,6 +68,21 @@ impl Upsample {
     }
 }
 
+/// Layers of interleaved resnets and (optional) attentions, in forward order.
+fn resnets_and_attentions_mut<'a>(
+    resnets: &'a mut [ResnetBlock2D],
+    attentions: &'a mut [SpatialAttention],
+    out: &mut Vec<LayerMut<'a>>,
+) {
+    let mut attns = attentions.iter_mut();
+    for r in resnets.iter_mut() {
+        r.layers_mut(out);
+        if let Some(a) = attns.next() {
+            a.layers_mut(out);
+        }
+    }
+}
+
 /// `DownBlock2D` (no attention) or `AttnDownBlock2D`.
 pub struct DownBlock {
     pub resnets: Vec<ResnetBlock2D>,
@@ -129,13 +144,7 @@ impl DownBlock {
 
     /// Its conv and linear layers in forward order.
     pub fn layers_mut<'a>(&'a mut self, out: &mut Vec<LayerMut<'a>>) {
-        let mut attns = self.attentions.iter_mut();
-        for r in self.resnets.iter_mut() {
-            r.layers_mut(out);
-            if let Some(a) = attns.next() {
-                a.layers_mut(out);
-            }
-        }
+        resnets_and_attentions_mut(&mut self.resnets, &mut self.attentions, out);
         if let Some(d) = &mut self.downsampler {
             out.push(LayerMut::Conv(&mut d.conv));
         }
@@ -277,13 +286,7 @@ impl UpBlock {
 
     /// Its conv and linear layers in forward order.
     pub fn layers_mut<'a>(&'a mut self, out: &mut Vec<LayerMut<'a>>) {
-        let mut attns = self.attentions.iter_mut();
-        for r in self.resnets.iter_mut() {
-            r.layers_mut(out);
-            if let Some(a) = attns.next() {
-                a.layers_mut(out);
-            }
-        }
+        resnets_and_attentions_mut(&mut self.resnets, &mut self.attentions, out);
         if let Some(u) = &mut self.upsampler {
             out.push(LayerMut::Conv(&mut u.conv));
         }
