@@ -40,6 +40,7 @@ fn unet_matches_diffusers_on_golden_inputs() {
     let e = rel_err(taps.time_proj.as_ref().unwrap(), &g["t_proj"]);
     assert!(e < 1e-5, "t_proj rel err {e}");
     let e = rel_err(taps.time_emb.as_ref().unwrap(), &g["time_emb"]);
+    eprintln!("time_emb rel err {e:.2e}");
     assert!(e < 1e-4, "time_emb rel err {e}");
 
     // Localise a divergence before judging the end result.
@@ -57,6 +58,7 @@ fn unet_matches_diffusers_on_golden_inputs() {
     assert!(e < 1e-4, "mid_block rel err {e}");
     for (i, t) in taps.up_blocks.iter().enumerate() {
         let e = rel_err(&first(t), &g[&format!("act.up_blocks.{i}")]);
+        eprintln!("up_blocks.{i} rel err {e:.2e}");
         assert!(e < 1e-4, "up_blocks.{i} rel err {e}");
     }
     let e = rel_err(
@@ -66,6 +68,7 @@ fn unet_matches_diffusers_on_golden_inputs() {
     assert!(e < 1e-4, "conv_norm_out rel err {e}");
 
     let e = rel_err(&eps, &g["eps"]);
+    eprintln!("eps rel err {e:.2e}");
     assert!(e < 1e-4, "eps rel err {e}");
 
     let eps500 = unet
