@@ -59,6 +59,18 @@ impl HubRepo {
         }
     }
 
+    /// Like [`HubRepo::get`] for files a pipeline may lack: when the file is not cached and the
+    /// hub cannot be reached, it counts as absent (with a note) instead of failing the load.
+    fn get_optional(&self, file: &str) -> Option<PathBuf> {
+        match self.get(file) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("note: {file} is not available ({e}); continuing without it");
+                None
+            }
+        }
+    }
+
     fn first_of(&self, files: &[&str]) -> Result<Option<(String, PathBuf)>> {
         for f in files {
             if let Some(p) = self.get(f)? {
@@ -107,8 +119,13 @@ pub fn fetch_pipeline(id: &str) -> Result<Pipeline> {
                 .ok_or_else(|| hub_error(id, &format!("shard `{prefix}{shard}` is missing")))?;
         }
     }
-    repo.first_of(&["scheduler/scheduler_config.json", "scheduler_config.json"])?;
-    repo.get("model_index.json")?;
+    if repo
+        .get_optional("scheduler/scheduler_config.json")
+        .is_none()
+    {
+        repo.get_optional("scheduler_config.json");
+    }
+    repo.get_optional("model_index.json");
     // Files of one revision share a snapshot folder: load it as a local diffusers folder.
     let root = snapshot_root(&config_path, &config_name);
     let mut pipeline = Pipeline::from_folder(&root)?;
