@@ -5,4 +5,5 @@ pub mod adaround;
 pub mod calib;
 pub mod config;
 pub mod pack;
+pub mod sim;
 pub mod uniform;
