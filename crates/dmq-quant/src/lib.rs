@@ -1,6 +1,7 @@
 //! The quantization engine shared by every method in dmq: quantizer arithmetic (uniform, AdaRound),
 //! packed integer codes, and `QuantConfig` (recipes with per-layer overrides by checkpoint path).
 
+pub mod act_calib;
 pub mod adaround;
 pub mod calib;
 pub mod config;
