@@ -7,36 +7,8 @@ use dmq_quant::adaround::{
 };
 use dmq_quant::uniform::UniformParams;
 
-struct Rng(u64);
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-}
-
-fn devices() -> Vec<Device> {
-    let mut d = vec![Device::Cpu];
-    if let Ok(cuda) = Device::new_cuda(0) {
-        d.push(cuda);
-    }
-    d
-}
-
-fn host(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
+mod common;
+use common::{devices, host, Rng};
 
 /// A [C_out = 3, 8] weight with per-channel steps, some weights beyond the range (clamped codes)
 /// and a few exact `.5` ties.
