@@ -20,6 +20,16 @@ mkdir -p stubs
   printf '%s\n' cuProfilerInitialize cuProfilerStart cuProfilerStop
 } | sort -u | awk '{print "int " $1 "(void){return 100;}"}' > stubs/libcuda_stub.c
 gcc -shared -fPIC -o stubs/libcuda.so -Wl,-soname,libcuda.so.1 stubs/libcuda_stub.c
+# Link-only stub of cuDNN 9 for the `cudnn` feature, from the functions cudarc binds (the device
+# uses the libcudnn.so.9 of its PyTorch at run time; never ship the stub).
+CUDARC_SYS=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.10/src/cudnn/sys/mod.rs 2>/dev/null | head -1 || true)
+if [ -n "$CUDARC_SYS" ]; then
+  grep -ohE 'fn cudnn[A-Za-z0-9_]+' "$CUDARC_SYS" | awk '{print $2}' | sort -u \
+    | awk '{print "int " $1 "(void){return 1000;}"}' > stubs/libcudnn_stub.c
+  gcc -shared -fPIC -o stubs/libcudnn.so -Wl,-soname,libcudnn.so.9 stubs/libcudnn_stub.c
+else
+  echo "note: cudarc 0.19.10 sources not fetched yet (run 'cargo fetch' first) - no cuDNN stub, the 'cudnn' feature will not link" >&2
+fi
 cat > "$P/env.sh" <<ENV
 export CUDA_HOME=$NV
 export PATH=$NV/bin:\$PATH
