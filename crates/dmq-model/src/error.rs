@@ -37,6 +37,9 @@ pub enum ModelError {
     },
     #[error("{0}")]
     Source(String),
+    /// Not a failure: a capturing forward (`Ctx::capturing`) reached its unit and stopped.
+    #[error("forward stopped after capturing the inputs of `{0}`")]
+    Captured(String),
     #[error("hub model `{id}`: {message}")]
     Hub { id: String, message: String },
     #[error(transparent)]

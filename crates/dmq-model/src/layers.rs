@@ -144,6 +144,7 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        ctx.offer(&self.path, &[x])?;
         let y = match &self.exec {
             Some(exec) => exec.forward(&self.layer_ref(), x, &|x, w| self.float_op(x, w), ctx)?,
             None => self.float_op(x, &self.weight)?,
@@ -235,6 +236,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        ctx.offer(&self.path, &[x])?;
         let y = match &self.exec {
             Some(exec) => exec.forward(&self.layer_ref(), x, &|x, w| self.float_op(x, w), ctx)?,
             None => self.float_op(x, &self.weight)?,

@@ -146,15 +146,18 @@ impl Pipeline {
         UNet2DConfig::from_json_str(self.unet_config.label(), &text)
     }
 
+    /// The UNet's checkpoint, read as `dtype` on `device`.
+    pub fn open_unet_weights(&self, device: &Device, dtype: DType) -> Result<WeightStore> {
+        match &self.unet_weights {
+            FileRef::Path(p) => WeightStore::open(p, device, dtype),
+            FileRef::Static { label, bytes } => WeightStore::from_static(label, bytes, device, dtype),
+        }
+    }
+
     /// Loads the UNet with weights converted to `dtype` on `device`.
     pub fn load_unet(&self, device: &Device, dtype: DType) -> Result<UNet2DModel> {
         let cfg = self.load_unet_config()?;
-        let store = match &self.unet_weights {
-            FileRef::Path(p) => WeightStore::open(p, device, dtype)?,
-            FileRef::Static { label, bytes } => {
-                WeightStore::from_static(label, bytes, device, dtype)?
-            }
-        };
+        let store = self.open_unet_weights(device, dtype)?;
         UNet2DModel::load(cfg, &store)
     }
 

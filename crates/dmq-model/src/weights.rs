@@ -47,6 +47,9 @@ pub struct WeightStore {
     elements_used: Cell<u64>,
     device: Device,
     dtype: DType,
+    /// Tensors supplied in memory (e.g. weights dequantized from a quantized artifact); they
+    /// take precedence over the files.
+    in_memory: BTreeMap<String, Tensor>,
 }
 
 impl WeightStore {
@@ -178,6 +181,7 @@ impl WeightStore {
             elements_used: Cell::new(0),
             device: device.clone(),
             dtype,
+            in_memory: BTreeMap::new(),
         })
     }
 
@@ -194,6 +198,7 @@ impl WeightStore {
             elements_used: Cell::new(0),
             device: device.clone(),
             dtype,
+            in_memory: BTreeMap::new(),
         }
     }
 
@@ -218,11 +223,32 @@ impl WeightStore {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.synthetic.is_some() || self.index.contains_key(name)
+        self.synthetic.is_some() || self.index.contains_key(name) || self.in_memory.contains_key(name)
+    }
+
+    /// Adds (or replaces) a tensor held in memory, converted to the store's dtype and device.
+    pub fn insert(&mut self, name: &str, t: Tensor) -> Result<()> {
+        let t = t.to_dtype(self.dtype)?.to_device(&self.device)?;
+        self.in_memory.insert(name.to_string(), t);
+        Ok(())
     }
 
     /// The tensor `name` with exactly `shape`, converted to the store's dtype and device.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if let Some(t) = self.in_memory.get(name) {
+            if t.dims() != shape {
+                return Err(ModelError::Tensor {
+                    path: "(in memory)".into(),
+                    tensor: name.to_string(),
+                    message: format!("shape {:?}, the model expects {shape:?}", t.dims()),
+                });
+            }
+            if self.used.borrow_mut().insert(name.to_string()) {
+                self.elements_used
+                    .set(self.elements_used.get() + t.elem_count() as u64);
+            }
+            return Ok(t.clone());
+        }
         if let Some(syn) = &self.synthetic {
             let t = syn
                 .tensor(name, shape)?
@@ -299,6 +325,31 @@ impl WeightStore {
         Ok(t)
     }
 
+    /// Names of every tensor in the files (not in-memory ones), sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+
+    /// The tensor `name` with whatever shape the file gives it (copying a checkpoint).
+    pub fn get_any(&self, name: &str) -> Result<Tensor> {
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                tensor: name.to_string(),
+                files: self.file_list(),
+            })?;
+        let file = &self.files[i];
+        let shape = SafeTensors::deserialize(file.bytes.as_slice())
+            .and_then(|st| st.tensor(name).map(|v| v.shape().to_vec()))
+            .map_err(|e| ModelError::Tensor {
+                path: file.path.clone(),
+                tensor: name.to_string(),
+                message: e.to_string(),
+            })?;
+        self.get(name, &shape)
+    }
+
     /// Number of scalar parameters handed out so far (each tensor counted once).
     pub fn elements_used(&self) -> u64 {
         self.elements_used.get()
@@ -308,6 +359,13 @@ impl WeightStore {
     pub fn check_all_used(&self) -> Result<()> {
         let used = self.used.borrow();
         let unused: Vec<&String> = self.index.keys().filter(|k| !used.contains(*k)).collect();
+        if let Some(name) = self.in_memory.keys().find(|k| !used.contains(*k)) {
+            return Err(ModelError::UnusedTensors {
+                path: "(in memory)".into(),
+                count: self.in_memory.keys().filter(|k| !used.contains(*k)).count(),
+                examples: format!("`{name}`"),
+            });
+        }
         if unused.is_empty() {
             return Ok(());
         }

@@ -3,8 +3,12 @@
 
 pub mod act_calib;
 pub mod adaround;
+pub mod artifact;
 pub mod calib;
 pub mod config;
 pub mod pack;
+pub mod ptq;
+pub mod qweight;
+pub mod recon;
 pub mod sim;
 pub mod uniform;

@@ -21,13 +21,11 @@ fn plans(unet: &mut UNet2DModel, wbits: u8, abits: u8) -> BTreeMap<String, Layer
         .iter()
         .filter(|l| !keep_float(l.path()))
         .map(|l| {
-            let w = UniformParams::init_minmax(l.layer_ref().weight, wbits, Some(0)).unwrap();
+            let weight = l.layer_ref().weight.clone();
+            let w = UniformParams::init_minmax(&weight, wbits, Some(0)).unwrap();
             (
                 l.path().to_string(),
-                LayerQuantPlan {
-                    weight: Some(w),
-                    act_bits: abits,
-                },
+                LayerQuantPlan::rtn(&weight, Some(&w), Some(abits)).unwrap(),
             )
         })
         .collect()
@@ -67,12 +65,13 @@ fn per_step_activation_calibration_quantizes_the_model() {
     assert_eq!(forwards, 5 * 2, "5 calibrated steps x 2 batches of 4");
     assert_eq!(found.len(), p8.len());
     for act in found.values() {
-        assert_eq!(act.steps, vec![0, 2, 4, 6, 8]);
+        assert_eq!(act.parts.len(), 1, "no split layers in this plan");
+        assert_eq!(act.parts[0].steps, vec![0, 2, 4, 6, 8]);
     }
     // Activation ranges depend on the time step (why there is one set per step).
     let differs = found
         .values()
-        .any(|a| a.params[0].scale != a.params[4].scale);
+        .any(|a| a.parts[0].params[0].scale != a.parts[0].params[4].scale);
     assert!(
         differs,
         "no layer's range changed between the first and last step"

@@ -55,6 +55,7 @@ impl SpatialAttention {
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        ctx.offer(&self.path, &[x])?;
         let (b, c, h, w) = x.dims4()?;
         let n = h * w;
         let normed = match &self.group_norm {

@@ -251,13 +251,10 @@ impl UpBlock {
         for i in 0..layers {
             let skip_c = if i == layers - 1 { in_c } else { out_c };
             let cin = if i == 0 { prev_out_c } else { out_c };
-            resnets.push(ResnetBlock2D::load(
-                w,
-                &format!("{path}.resnets.{i}"),
-                cin + skip_c,
-                out_c,
-                res,
-            )?);
+            let mut resnet =
+                ResnetBlock2D::load(w, &format!("{path}.resnets.{i}"), cin + skip_c, out_c, res)?;
+            resnet.input_split = Some(cin);
+            resnets.push(resnet);
             if with_attention {
                 attentions.push(attn.load(w, &format!("{path}.attentions.{i}"), out_c, 1.0)?);
             }

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod blocks;
 pub mod embeddings;
 pub mod resnet;
+pub mod units;
 
 use candle_core::{DType, Device, Tensor};
 

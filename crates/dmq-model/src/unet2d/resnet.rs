@@ -19,6 +19,9 @@ pub struct ResnetBlock2D {
     pub conv_shortcut: Option<Conv2d>,
     pub time_scale_shift: TimeScaleShift,
     pub output_scale_factor: f64,
+    /// For decoder blocks, whose input is `cat([h, skip])`: the channels of `h`. The shortcut
+    /// conv sees this raw concatenation, whose halves have different ranges (split quantization).
+    pub input_split: Option<usize>,
 }
 
 /// What a residual block is built from; gathered here because the blocks pass them through.
@@ -58,6 +61,7 @@ impl ResnetBlock2D {
             },
             time_scale_shift: s.time_scale_shift,
             output_scale_factor: s.output_scale_factor,
+            input_split: None,
         })
     }
 
@@ -73,6 +77,7 @@ impl ResnetBlock2D {
 
     /// `temb_act` is `silu(temb)`, computed once per forward by the model and shared by all blocks.
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        ctx.offer(&self.path, &[x, temb_act])?;
         let h = silu(&self.norm1.forward(x)?)?;
         let h = self.conv1.forward(&h, ctx)?;
         let t = self.time_emb_proj.forward(temb_act, ctx)?;

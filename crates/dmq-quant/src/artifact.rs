@@ -1,0 +1,507 @@
+//! The quantized-model artifact: a self-contained folder that every `dmq` command loads with
+//! `--model Q`.
+//!
+//! ```text
+//! Q/manifest.json          format, version, recipe, calibration, per-layer bits and errors
+//! Q/config.json            the UNet config (unchanged)
+//! Q/scheduler_config.json  the scheduler config of the base model (when it has one)
+//! Q/quant.safetensors      per quantized layer and part k:
+//!                            {path}.w{k}.codes       u8, bit-packed integer codes
+//!                            {path}.w{k}.scale       f32 [C_out]  step per output channel
+//!                            {path}.w{k}.zero_point  i64 [C_out]
+//!                            {path}.a{k}.scale       f32 [S]      activation step per sampling step
+//!                            {path}.a{k}.zero_point  i64 [S]
+//! Q/float.safetensors      every other tensor of the checkpoint (biases, norms, float layers), f32
+//! ```
+//!
+//! Written to a temporary folder and renamed, so a folder named Q is always complete. Loading
+//! dequantizes with the same function calibration used ([`QuantWeight::dequantize`]), so the
+//! loaded model computes exactly what the in-memory quantized model computed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use dmq_model::{UNet2DConfig, UNet2DModel, WeightStore};
+use serde::{Deserialize, Serialize};
+
+use crate::pack;
+use crate::qweight::{QuantWeight, WeightPart};
+use crate::sim::{LayerActivation, PerStepActivation, SimQuantExec};
+use crate::uniform::UniformParams;
+
+pub const FORMAT: &str = "dmq-quantized";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{path}: layer `{layer}`: {message}")]
+    Layer {
+        path: PathBuf,
+        layer: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Model(#[from] dmq_model::ModelError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, ArtifactError>;
+
+fn file_err(path: &Path, message: impl ToString) -> ArtifactError {
+    ArtifactError::File {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// One input-channel part of a quantized weight, as the manifest describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartEntry {
+    pub start: usize,
+    pub len: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightEntry {
+    pub bits: u8,
+    /// Whether steps are per output channel (`true`) or one per part.
+    pub per_channel: bool,
+    pub parts: Vec<PartEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationEntry {
+    pub bits: u8,
+    pub split: Option<usize>,
+    /// Calibrated sampling-step indices of each part (same for every part in practice).
+    pub steps: Vec<Vec<usize>>,
+}
+
+/// One conv/linear layer of the model in the manifest (float layers are listed too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerEntry {
+    pub path: String,
+    /// Shape of the weight.
+    pub shape: Vec<usize>,
+    pub weight: Option<WeightEntry>,
+    pub activation: Option<ActivationEntry>,
+    /// `‖Ŵ − W‖ / ‖W‖` of the quantized weight.
+    pub weight_rel_error: Option<f64>,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub dmq_version: String,
+    /// The model that was quantized, as the user named it.
+    pub base_model: String,
+    /// The recipe, in full (a `QuantConfig` as JSON).
+    pub recipe: serde_json::Value,
+    /// Calibration data and the sampling protocol the activation parameters are valid for:
+    /// `steps`, `sampler`, `eta`, `timesteps`, `fingerprint`, `samples`.
+    pub calibration: serde_json::Value,
+    pub layers: Vec<LayerEntry>,
+    /// Anything a method adds (reconstruction losses, timings): free-form.
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+/// What a quantized layer holds in memory.
+#[derive(Debug, Clone)]
+pub struct QuantLayer {
+    pub weight: Option<QuantWeight>,
+    pub activation: Option<LayerActivation>,
+}
+
+/// Serialises the quantized layers into the tensors of `quant.safetensors`.
+pub fn layer_tensors(layers: &BTreeMap<String, QuantLayer>) -> Result<HashMap<String, Tensor>> {
+    let cpu = Device::Cpu;
+    let mut out = HashMap::new();
+    let bad = |layer: &str, m: String| ArtifactError::Layer {
+        path: PathBuf::from("quant.safetensors"),
+        layer: layer.to_string(),
+        message: m,
+    };
+    for (path, l) in layers {
+        if let Some(w) = &l.weight {
+            for (k, part) in w.parts.iter().enumerate() {
+                let codes: Vec<u8> = part.codes.flatten_all()?.to_device(&cpu)?.to_vec1()?;
+                let packed =
+                    pack::pack(&codes, part.params.bits).map_err(|e| bad(path, e.to_string()))?;
+                let n = packed.len();
+                out.insert(
+                    format!("{path}.w{k}.codes"),
+                    Tensor::from_vec(packed, n, &cpu)?,
+                );
+                insert_params(&mut out, &format!("{path}.w{k}"), &part.params)?;
+            }
+        }
+        if let Some(a) = &l.activation {
+            for (k, part) in a.parts.iter().enumerate() {
+                let scale: Vec<f32> = part.params.iter().map(|p| p.scale[0]).collect();
+                let zp: Vec<i64> = part
+                    .params
+                    .iter()
+                    .map(|p| i64::from(p.zero_point[0]))
+                    .collect();
+                let s = scale.len();
+                out.insert(
+                    format!("{path}.a{k}.scale"),
+                    Tensor::from_vec(scale, s, &cpu)?,
+                );
+                out.insert(
+                    format!("{path}.a{k}.zero_point"),
+                    Tensor::from_vec(zp, s, &cpu)?,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn insert_params(
+    out: &mut HashMap<String, Tensor>,
+    prefix: &str,
+    p: &UniformParams,
+) -> Result<()> {
+    let c = p.scale.len();
+    out.insert(
+        format!("{prefix}.scale"),
+        Tensor::from_vec(p.scale.clone(), c, &Device::Cpu)?,
+    );
+    let zp: Vec<i64> = p.zero_point.iter().map(|&z| i64::from(z)).collect();
+    out.insert(
+        format!("{prefix}.zero_point"),
+        Tensor::from_vec(zp, c, &Device::Cpu)?,
+    );
+    Ok(())
+}
+
+/// The manifest entry of a layer (the tensors go through [`layer_tensors`]).
+pub fn layer_entry(path: &str, shape: &[usize], l: Option<&QuantLayer>) -> Result<LayerEntry> {
+    let mut e = LayerEntry {
+        path: path.to_string(),
+        shape: shape.to_vec(),
+        weight: None,
+        activation: None,
+        weight_rel_error: None,
+    };
+    let Some(l) = l else { return Ok(e) };
+    if let Some(w) = &l.weight {
+        e.weight = Some(WeightEntry {
+            bits: w.bits(),
+            per_channel: w.parts[0].params.axis.is_some(),
+            parts: w
+                .parts
+                .iter()
+                .map(|p| PartEntry {
+                    start: p.start,
+                    len: p.len,
+                })
+                .collect(),
+        });
+    }
+    if let Some(a) = &l.activation {
+        e.activation = Some(ActivationEntry {
+            bits: a.parts[0].params[0].bits,
+            split: a.split,
+            steps: a.parts.iter().map(|p| p.steps.clone()).collect(),
+        });
+    }
+    Ok(e)
+}
+
+fn take(
+    tensors: &HashMap<String, Tensor>,
+    file: &Path,
+    layer: &str,
+    name: &str,
+) -> Result<Tensor> {
+    tensors.get(name).cloned().ok_or_else(|| ArtifactError::Layer {
+        path: file.to_path_buf(),
+        layer: layer.to_string(),
+        message: format!("tensor `{name}` is missing"),
+    })
+}
+
+fn params_from(
+    tensors: &HashMap<String, Tensor>,
+    file: &Path,
+    layer: &str,
+    prefix: &str,
+    bits: u8,
+    axis: Option<usize>,
+) -> Result<UniformParams> {
+    let scale: Vec<f32> = take(tensors, file, layer, &format!("{prefix}.scale"))?
+        .to_dtype(DType::F32)?
+        .to_vec1()?;
+    let zp: Vec<i64> = take(tensors, file, layer, &format!("{prefix}.zero_point"))?
+        .to_dtype(DType::I64)?
+        .to_vec1()?;
+    let zp = zp
+        .iter()
+        .map(|&z| i32::try_from(z))
+        .collect::<std::result::Result<Vec<i32>, _>>()
+        .map_err(|_| ArtifactError::Layer {
+            path: file.to_path_buf(),
+            layer: layer.to_string(),
+            message: format!("`{prefix}.zero_point` holds a value outside i32"),
+        })?;
+    UniformParams::new(scale, zp, bits, axis).map_err(|e| ArtifactError::Layer {
+        path: file.to_path_buf(),
+        layer: layer.to_string(),
+        message: format!("`{prefix}`: {e}"),
+    })
+}
+
+/// Rebuilds one layer from its manifest entry and the tensors of `quant.safetensors`.
+pub fn layer_from(
+    e: &LayerEntry,
+    tensors: &HashMap<String, Tensor>,
+    file: &Path,
+) -> Result<QuantLayer> {
+    let bad = |m: String| ArtifactError::Layer {
+        path: file.to_path_buf(),
+        layer: e.path.clone(),
+        message: m,
+    };
+    let weight = match &e.weight {
+        None => None,
+        Some(w) => {
+            let mut parts = Vec::new();
+            for (k, p) in w.parts.iter().enumerate() {
+                let mut shape = e.shape.clone();
+                if shape.len() < 2 {
+                    return Err(bad(format!("weight shape {:?} has no input axis", e.shape)));
+                }
+                shape[1] = p.len;
+                let n: usize = shape.iter().product();
+                let packed: Vec<u8> = take(tensors, file, &e.path, &format!("{}.w{k}.codes", e.path))?
+                    .to_dtype(DType::U8)?
+                    .to_vec1()?;
+                if packed.len() != pack::packed_len(n, w.bits) {
+                    return Err(bad(format!(
+                        "part {k}: {} bytes of codes, {n} codes of {} bits need {}",
+                        packed.len(),
+                        w.bits,
+                        pack::packed_len(n, w.bits)
+                    )));
+                }
+                let codes = pack::unpack(&packed, w.bits, n).map_err(|e| bad(e.to_string()))?;
+                let axis = w.per_channel.then_some(0);
+                let params =
+                    params_from(tensors, file, &e.path, &format!("{}.w{k}", e.path), w.bits, axis)?;
+                parts.push(WeightPart {
+                    start: p.start,
+                    len: p.len,
+                    params,
+                    codes: Tensor::from_vec(codes, shape, &Device::Cpu)?,
+                });
+            }
+            Some(QuantWeight::new(e.shape.clone(), parts).map_err(|e| bad(e.to_string()))?)
+        }
+    };
+    let activation = match &e.activation {
+        None => None,
+        Some(a) => {
+            let want = if a.split.is_some() { 2 } else { 1 };
+            if a.steps.len() != want {
+                return Err(bad(format!(
+                    "activation has {} parts, split {:?} needs {want}",
+                    a.steps.len(),
+                    a.split
+                )));
+            }
+            let mut parts = Vec::new();
+            for (k, steps) in a.steps.iter().enumerate() {
+                let prefix = format!("{}.a{k}", e.path);
+                let all = params_from(tensors, file, &e.path, &prefix, a.bits, Some(0))?;
+                if all.scale.len() != steps.len() {
+                    return Err(bad(format!(
+                        "`{prefix}` has {} parameter sets for {} steps",
+                        all.scale.len(),
+                        steps.len()
+                    )));
+                }
+                let params = all
+                    .scale
+                    .iter()
+                    .zip(&all.zero_point)
+                    .map(|(&s, &z)| UniformParams::per_tensor(s, z, a.bits))
+                    .collect::<crate::uniform::Result<Vec<_>>>()
+                    .map_err(|e| bad(e.to_string()))?;
+                parts.push(PerStepActivation {
+                    steps: steps.clone(),
+                    params,
+                });
+            }
+            Some(LayerActivation {
+                split: a.split,
+                parts,
+            })
+        }
+    };
+    Ok(QuantLayer { weight, activation })
+}
+
+/// Writes the artifact to `dir` (which must not exist, unless `overwrite`): `float` is the
+/// base checkpoint (every tensor not replaced by a quantized weight is copied, as f32).
+pub fn save(
+    dir: &Path,
+    manifest: &Manifest,
+    layers: &BTreeMap<String, QuantLayer>,
+    unet_config_json: &str,
+    scheduler_config_json: Option<&str>,
+    float: &WeightStore,
+    overwrite: bool,
+) -> Result<()> {
+    if dir.exists() && !overwrite {
+        return Err(file_err(
+            dir,
+            "already exists; pass --overwrite to replace it",
+        ));
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| file_err(parent, e))?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| file_err(dir, "not a folder name"))?
+        .to_string_lossy()
+        .to_string();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| file_err(&tmp, e))?;
+
+    let quantized: std::collections::BTreeSet<String> = layers
+        .iter()
+        .filter(|(_, l)| l.weight.is_some())
+        .map(|(p, _)| format!("{p}.weight"))
+        .collect();
+    let mut float_tensors = HashMap::new();
+    for n in float.names() {
+        if !quantized.contains(&n) {
+            float_tensors.insert(n.clone(), float.get_any(&n)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
+        }
+    }
+    candle_core::safetensors::save(&float_tensors, tmp.join("float.safetensors"))?;
+    candle_core::safetensors::save(&layer_tensors(layers)?, tmp.join("quant.safetensors"))?;
+    let write = |file: &str, text: &str| -> Result<()> {
+        std::fs::write(tmp.join(file), text).map_err(|e| file_err(&tmp.join(file), e))
+    };
+    write("config.json", unet_config_json)?;
+    if let Some(s) = scheduler_config_json {
+        write("scheduler_config.json", s)?;
+    }
+    let text = serde_json::to_string_pretty(manifest).map_err(|e| file_err(dir, e))?;
+    write("manifest.json", &text)?;
+    if dir.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(dir, &old).map_err(|e| file_err(dir, e))?;
+        std::fs::rename(&tmp, dir).map_err(|e| file_err(dir, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&tmp, dir).map_err(|e| file_err(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Whether `dir` is a dmq artifact (has a `manifest.json` naming the format).
+pub fn is_artifact(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("manifest.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("format").and_then(|f| f.as_str()).map(|f| f == FORMAT))
+        .unwrap_or(false)
+}
+
+/// Reads and checks `manifest.json`.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| file_err(&path, e))?;
+    if m.format != FORMAT {
+        return Err(file_err(
+            &path,
+            format!("field `format` is `{}`, expected `{FORMAT}`", m.format),
+        ));
+    }
+    if m.format_version != FORMAT_VERSION {
+        return Err(file_err(
+            &path,
+            format!(
+                "field `format_version` is {}, this dmq reads version {FORMAT_VERSION}",
+                m.format_version
+            ),
+        ));
+    }
+    Ok(m)
+}
+
+/// The quantized layers of the artifact in `dir`, on the CPU.
+pub fn read_layers(dir: &Path, m: &Manifest) -> Result<BTreeMap<String, QuantLayer>> {
+    let file = dir.join("quant.safetensors");
+    let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
+        .map_err(|e| file_err(&file, e))?;
+    let mut out = BTreeMap::new();
+    for e in &m.layers {
+        if e.weight.is_some() || e.activation.is_some() {
+            out.insert(e.path.clone(), layer_from(e, &tensors, &file)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the model of the artifact in `dir` on `device` in `dtype`, with every quantized layer
+/// executing its simulated quantization.
+pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(Manifest, UNet2DModel)> {
+    let m = read_manifest(dir)?;
+    let layers = read_layers(dir, &m)?;
+    let cfg_path = dir.join("config.json");
+    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| file_err(&cfg_path, e))?;
+    let cfg = UNet2DConfig::from_json_str(&cfg_path, &cfg_text)?;
+    let mut store = WeightStore::open(&dir.join("float.safetensors"), device, dtype)?;
+    for (path, l) in &layers {
+        if let Some(w) = &l.weight {
+            let deq = w.dequantize().map_err(|e| ArtifactError::Layer {
+                path: dir.join("quant.safetensors"),
+                layer: path.clone(),
+                message: e.to_string(),
+            })?;
+            store.insert(&format!("{path}.weight"), deq)?;
+        }
+    }
+    let mut model = UNet2DModel::load(cfg, &store)?;
+    install(&mut model, &layers, dir)?;
+    Ok((m, model))
+}
+
+/// Installs simulated execution for `layers` on a model whose quantized layers already hold
+/// their dequantized weights (as [`load`] builds it).
+fn install(model: &mut UNet2DModel, layers: &BTreeMap<String, QuantLayer>, dir: &Path) -> Result<()> {
+    let mut seen = 0;
+    for mut layer in model.layers_mut() {
+        if let Some(l) = layers.get(layer.path()) {
+            seen += 1;
+            let like = layer.layer_ref().weight.clone();
+            let exec = SimQuantExec::with_weight(None, &like, l.activation.clone())
+                .map_err(|e| file_err(dir, e))?;
+            layer.set_exec(Some(exec));
+        }
+    }
+    if seen != layers.len() {
+        let names: Vec<String> = model.layer_paths();
+        let missing = layers.keys().find(|k| !names.contains(k)).cloned().unwrap_or_default();
+        return Err(ArtifactError::Layer {
+            path: dir.join("manifest.json"),
+            layer: missing,
+            message: "is not a layer of the model built from config.json".into(),
+        });
+    }
+    Ok(())
+}
