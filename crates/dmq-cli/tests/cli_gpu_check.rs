@@ -23,6 +23,18 @@ fn gpu_check(
     (r, report)
 }
 
+/// The shared FID Inception weights, or `none` where they are absent (the check is skipped).
+/// They take ~15 s on two CPU cores, so the CPU test runs them too.
+fn inception_arg() -> String {
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/models/fid-inception/fid_inception_2015_12_05.safetensors");
+    if weights.is_file() {
+        weights.to_str().unwrap().to_string()
+    } else {
+        "none".to_string()
+    }
+}
+
 fn names(report: &serde_json::Value) -> Vec<String> {
     report["checks"]
         .as_array()
@@ -36,15 +48,8 @@ fn names(report: &serde_json::Value) -> Vec<String> {
 fn cpu_against_cpu_runs_every_check_with_zero_error() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("report.json");
-    // The Inception network takes ~15 s on two CPU cores: run it when the weights are here.
-    let weights = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/models/fid-inception/fid_inception_2015_12_05.safetensors");
-    let inception = if weights.is_file() {
-        weights.to_str().unwrap()
-    } else {
-        "none"
-    };
-    let (r, report) = gpu_check("cpu", &out, &["--inception", inception]);
+    let inception = inception_arg();
+    let (r, report) = gpu_check("cpu", &out, &["--inception", &inception]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(report["pass"], true);
     let names = names(&report);
@@ -139,8 +144,8 @@ fn help_documents_defaults() {
     }
 }
 
-/// Runs where a GPU is present (a `cuda` build); the Inception check runs when its weights are
-/// found the usual way (see `dmq gpu-check --help`).
+/// Runs where a GPU is present (a `cuda` build); the Inception check runs when the shared weights
+/// are there.
 #[cfg(feature = "cuda")]
 #[test]
 fn gpu_against_cpu_within_tolerances() {
@@ -150,7 +155,7 @@ fn gpu_against_cpu_within_tolerances() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("report.json");
-    let (r, report) = gpu_check("cuda", &out, &[]);
+    let (r, report) = gpu_check("cuda", &out, &["--inception", &inception_arg()]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(report["pass"], true);
     assert!(names(&report).iter().any(|n| n == "grad input"));
