@@ -111,11 +111,15 @@ impl Check {
     }
 
     fn to_json(&self) -> Value {
-        let num = |v: f32| if v.is_finite() { json!(v) } else { Value::Null };
+        // Through the f32's shortest decimal, so 1e-3 is written 0.001, not 0.0010000000474974513.
+        let num = |v: f32| match format!("{v}").parse::<f64>() {
+            Ok(x) if v.is_finite() => json!(x),
+            _ => Value::Null,
+        };
         json!({
             "name": self.name, "metric": METRIC, "value": num(self.value),
             "rel_l2": num(self.rel_l2), "ref_max_abs": num(self.ref_max_abs),
-            "tolerance": self.tolerance, "gated": self.tolerance.is_some(), "pass": self.passed(),
+            "tolerance": self.tolerance.map(num), "gated": self.tolerance.is_some(), "pass": self.passed(),
             "cpu_s": self.cpu_s, "device_s": self.device_s, "shape": self.shape,
             "error": self.error,
         })
