@@ -27,6 +27,8 @@ enum Command {
     Fid(commands::fid::FidArgs),
     /// Time UNet forwards and sampling (images/s), and write the numbers as JSON.
     Bench(commands::bench::BenchArgs),
+    /// Compare every tensor path (forward, sampling, backward, FID Inception) on a GPU with the CPU.
+    GpuCheck(commands::gpu_check::GpuCheckArgs),
 }
 
 fn main() {
@@ -38,6 +40,7 @@ fn main() {
         Command::Eval(a) => commands::eval::run(a),
         Command::FidStats(a) => commands::fid::run_stats(a),
         Command::Fid(a) => commands::fid::run_fid(a),
+        Command::GpuCheck(a) => commands::gpu_check::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

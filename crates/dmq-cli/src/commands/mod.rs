@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod eval;
 pub mod fid;
+pub mod gpu_check;
 pub mod inspect;
 pub mod sample;
 
