@@ -25,6 +25,8 @@ enum Command {
     FidStats(commands::fid::FidStatsArgs),
     /// FID (and sFID) between two image sets or statistics files.
     Fid(commands::fid::FidArgs),
+    /// Quantize a model with a recipe; writes a quantized model folder and a per-layer report.
+    Quantize(commands::quantize::QuantizeArgs),
     /// Time UNet forwards and sampling (images/s), and write the numbers as JSON.
     Bench(commands::bench::BenchArgs),
     /// Compare every tensor path (forward, sampling, backward, FID Inception) on a GPU with the CPU.
@@ -37,6 +39,7 @@ fn main() {
         Command::Sample(a) => commands::sample::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::FidStats(a) => commands::fid::run_stats(a),
         Command::Fid(a) => commands::fid::run_fid(a),

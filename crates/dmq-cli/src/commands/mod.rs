@@ -3,6 +3,8 @@ pub mod eval;
 pub mod fid;
 pub mod gpu_check;
 pub mod inspect;
+pub mod quantize;
+pub mod quantize_report;
 pub mod sample;
 
 use clap::Args;
@@ -27,6 +29,22 @@ impl ModelArgs {
         use anyhow::Context;
         let device = crate::device::parse_device(&self.device)?;
         let dtype = crate::device::parse_dtype(&self.dtype)?;
+        if let Some(dir) = self.model.as_deref().map(std::path::Path::new) {
+            if dmq_quant::artifact::is_artifact(dir) {
+                let (_, unet) = dmq_quant::artifact::load(dir, &device, dtype)
+                    .with_context(|| format!("loading the quantized model {}", dir.display()))?;
+                let sched = dir.join("scheduler_config.json");
+                let pipeline = dmq_model::Pipeline {
+                    name: dir.display().to_string(),
+                    unet_config: dmq_model::source::FileRef::Path(dir.join("config.json")),
+                    unet_weights: dmq_model::source::FileRef::Path(dir.join("float.safetensors")),
+                    scheduler_config: sched
+                        .is_file()
+                        .then(|| dmq_model::source::FileRef::Path(sched)),
+                };
+                return Ok((pipeline, unet));
+            }
+        }
         let source = dmq_model::ModelSource::parse(self.model.as_deref())?;
         let pipeline = source.resolve()?;
         let unet = pipeline

@@ -114,7 +114,45 @@ pub fn scheduler_for(
         }
         Sampler::Ddpm => SamplerKind::Ddpm,
     };
-    Ok(dmq_sched::build(kind, &cfg, steps)?)
+    let sched = dmq_sched::build(kind, &cfg, steps)?;
+    check_artifact_protocol(pipeline, sched.timesteps(), p)?;
+    Ok(sched)
+}
+
+/// A quantized model's per-step activation parameters are indexed by sampling step: sampling
+/// with another time grid would apply them at the wrong steps, so it is refused.
+fn check_artifact_protocol(
+    pipeline: &dmq_model::Pipeline,
+    timesteps: &[usize],
+    p: &ProtocolArgs,
+) -> Result<()> {
+    let dmq_model::source::FileRef::Path(cfg) = &pipeline.unet_config else {
+        return Ok(());
+    };
+    let Some(dir) = cfg.parent().filter(|d| dmq_quant::artifact::is_artifact(d)) else {
+        return Ok(());
+    };
+    let m = dmq_quant::artifact::read_manifest(dir)?;
+    let cal = &m.calibration;
+    let want: Vec<usize> = cal["timesteps"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect())
+        .unwrap_or_default();
+    if !want.is_empty() && want != timesteps {
+        bail!(
+            "{} was calibrated for {} {} steps (timesteps {:?}...); sampling with --sampler {} --steps {} \
+             would apply its per-step activation parameters at the wrong steps. Use the calibrated \
+             protocol, or quantize again with calibration.steps = {}",
+            dir.display(),
+            want.len(),
+            cal["sampler"].as_str().unwrap_or("?"),
+            &want[..want.len().min(3)],
+            format!("{:?}", p.sampler).to_lowercase(),
+            p.steps,
+            p.steps
+        );
+    }
+    Ok(())
 }
 
 /// Samples the images `indices` (a batch) and returns `[B, C, H, W]` in the model's range.
