@@ -121,13 +121,13 @@ pub const DEFAULT_KEEP_FLOAT: [&str; 7] = [
 ];
 
 /// `--fast`: samples per calibration step (see [`QuantConfig::fast`]).
-pub const FAST_SAMPLES_PER_STEP: usize = 16;
+pub const FAST_SAMPLES_PER_STEP: usize = 8;
 /// `--fast`: calibrated sampling steps.
 pub const FAST_STEPS_SAMPLED: usize = 10;
 /// `--fast`: reconstruction iterations per unit (AdaRound and the activation-step stage).
-pub const FAST_ITERS: usize = 100;
+pub const FAST_ITERS: usize = 50;
 /// `--fast`: reconstruction mini-batch.
-pub const FAST_RECON_BATCH: usize = 8;
+pub const FAST_RECON_BATCH: usize = 4;
 
 /// The recipes shipped in `configs/` (repository root), embedded at build time.
 const BUILTINS: [(&str, &str); 5] = [
@@ -1178,12 +1178,12 @@ impl QuantConfig {
     /// (bits, layer selection, sampler, β schedule as fractions of the iterations) unchanged. The
     /// name gets the suffix `-fast`.
     ///
-    /// Sized for a whole recipe on 2 CPU cores within about 10 minutes for the 8.95 M-parameter
-    /// `ddpm-cifar10-small` (1.6 G MAC per image, ≈ 9 images/s forward, `docs/results/cpu-speed.md`),
-    /// counting image-forwards F ≈ 0.11 s: shared trajectories to the last calibrated step
-    /// 16 × 91 ≈ 1 460 F; reconstruction 100 iters × batch 8 × ≈ 3 (forward + backward) ≈ 2 400 F
-    /// summed over all units; activation calibration and cached unit inputs/targets ≈ 3 × 160 F:
-    /// ≈ 4 400 F ≈ 8 minutes. A starting point for the engine to tune, not a quality setting.
+    /// Sized for a whole recipe on 2 CPU cores within 10 minutes for the 8.95 M-parameter
+    /// `ddpm-cifar10-small` (1.6 G MAC per image, ≈ 9 image-forwards/s): trajectories
+    /// 8 × 100 steps ≈ 90 s; reconstruction of 34 units × 50 iterations at batch 4 (measured:
+    /// a 64-channel 32×32 ResNet block takes ≈ 0.2 s per iteration at batch 8, forward and
+    /// backward) ≈ 3 minutes; captured block inputs and activation ranges ≈ 1 minute. A smoke
+    /// setting, not a quality one.
     pub fn fast(&self) -> QuantConfig {
         let mut c = self.clone();
         let cal = &mut c.calibration;

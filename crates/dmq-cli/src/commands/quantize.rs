@@ -24,13 +24,16 @@ pub struct QuantizeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// A built-in recipe (rtn-w8a8, rtn-w4a8, base-w8a8, base-w4a8, base-w4a6) or a recipe file
-    /// (.toml or .json) [default: base-w4a8].
+    /// (.toml or .json).
     #[arg(long, short = 'r', default_value = "base-w4a8")]
     pub recipe: String,
     /// The recipe's quick variant: fewer calibration samples and reconstruction iterations
     /// (minutes on a CPU; for trying things, not for quality).
     #[arg(long, default_value_t = false)]
     pub fast: bool,
+    /// Override the recipe's reconstruction iterations per unit [default: the recipe's].
+    #[arg(long)]
+    pub iters: Option<usize>,
     /// Output folder of the quantized model.
     #[arg(long, short = 'o', default_value = "quantized")]
     pub out: PathBuf,
@@ -125,7 +128,14 @@ fn model_fingerprint(pipeline: &dmq_model::Pipeline) -> Result<String> {
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
     let started = Instant::now();
-    let cfg = load_recipe(&args.recipe, args.fast)?;
+    let mut cfg = load_recipe(&args.recipe, args.fast)?;
+    if let Some(iters) = args.iters {
+        if iters == 0 {
+            bail!("--iters must be at least 1");
+        }
+        cfg.reconstruction.iters = iters;
+        cfg.name = format!("{}-iters{iters}", cfg.name);
+    }
     ptq::check_supported(&cfg)?;
     if cfg.calibration.trajectories != Trajectories::Shared {
         bail!(
