@@ -150,7 +150,9 @@ impl Pipeline {
     pub fn open_unet_weights(&self, device: &Device, dtype: DType) -> Result<WeightStore> {
         match &self.unet_weights {
             FileRef::Path(p) => WeightStore::open(p, device, dtype),
-            FileRef::Static { label, bytes } => WeightStore::from_static(label, bytes, device, dtype),
+            FileRef::Static { label, bytes } => {
+                WeightStore::from_static(label, bytes, device, dtype)
+            }
         }
     }
 

@@ -223,7 +223,9 @@ impl WeightStore {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.synthetic.is_some() || self.index.contains_key(name) || self.in_memory.contains_key(name)
+        self.synthetic.is_some()
+            || self.index.contains_key(name)
+            || self.in_memory.contains_key(name)
     }
 
     /// Adds (or replaces) a tensor held in memory, converted to the store's dtype and device.

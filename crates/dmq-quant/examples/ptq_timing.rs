@@ -13,7 +13,10 @@ use dmq_sched::{SamplerKind, ScheduleConfig};
 struct Print(Instant);
 impl Progress for Print {
     fn stage(&mut self, name: &str, total: u64) {
-        eprintln!("[{:7.1}s] stage {name} ({total})", self.0.elapsed().as_secs_f64());
+        eprintln!(
+            "[{:7.1}s] stage {name} ({total})",
+            self.0.elapsed().as_secs_f64()
+        );
     }
     fn inc(&mut self, _: u64) {}
     fn message(&mut self, msg: &str) {
@@ -28,11 +31,15 @@ fn main() {
         cfg = cfg.fast();
     }
     let t0 = Instant::now();
-    let pipeline = ModelSource::parse(Some(&args[1])).unwrap().resolve().unwrap();
+    let pipeline = ModelSource::parse(Some(&args[1]))
+        .unwrap()
+        .resolve()
+        .unwrap();
     let mut unet = pipeline.load_unet(&Device::Cpu, DType::F32).unwrap();
     let (label, text) = pipeline.scheduler_config_text().unwrap();
     let sc = ScheduleConfig::from_json_str(&label, &text).unwrap();
-    let sched = dmq_sched::build(SamplerKind::Ddim { eta: 0.0 }, &sc, cfg.calibration.steps).unwrap();
+    let sched =
+        dmq_sched::build(SamplerKind::Ddim { eta: 0.0 }, &sc, cfg.calibration.steps).unwrap();
     let spec = CalibSpec {
         steps_sampled: cfg.calibration.steps_sampled,
         samples_per_step: cfg.calibration.samples_per_step,
@@ -40,7 +47,11 @@ fn main() {
         batch: cfg.calibration.batch,
     };
     let set = calib::generate(&unet, &*sched, &spec, || {}).unwrap();
-    eprintln!("[{:7.1}s] calibration set {}", t0.elapsed().as_secs_f64(), set.len());
+    eprintln!(
+        "[{:7.1}s] calibration set {}",
+        t0.elapsed().as_secs_f64(),
+        set.len()
+    );
     let opts = PtqOptions {
         checkpoint_dir: None,
         capture_batch: 32,

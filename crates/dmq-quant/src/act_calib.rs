@@ -28,7 +28,11 @@ pub struct LayerQuantPlan {
 
 impl LayerQuantPlan {
     /// Round-to-nearest weight quantization with `params` (baselines, tests).
-    pub fn rtn(weight: &Tensor, params: Option<&UniformParams>, act_bits: Option<u8>) -> crate::uniform::Result<Self> {
+    pub fn rtn(
+        weight: &Tensor,
+        params: Option<&UniformParams>,
+        act_bits: Option<u8>,
+    ) -> crate::uniform::Result<Self> {
         Ok(Self {
             weight: match params {
                 Some(p) => Some(p.fake_quant(weight)?),
@@ -113,8 +117,8 @@ pub fn calibrate_activations(
         };
         let like = layer.layer_ref().weight.clone();
         let Some(bits) = plan.act_bits else {
-            let exec = SimQuantExec::with_weight(plan.weight.as_ref(), &like, None)
-                .map_err(to_model)?;
+            let exec =
+                SimQuantExec::with_weight(plan.weight.as_ref(), &like, None).map_err(to_model)?;
             layer.set_exec(Some(exec));
             continue;
         };

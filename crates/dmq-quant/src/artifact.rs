@@ -165,11 +165,7 @@ pub fn layer_tensors(layers: &BTreeMap<String, QuantLayer>) -> Result<HashMap<St
     Ok(out)
 }
 
-fn insert_params(
-    out: &mut HashMap<String, Tensor>,
-    prefix: &str,
-    p: &UniformParams,
-) -> Result<()> {
+fn insert_params(out: &mut HashMap<String, Tensor>, prefix: &str, p: &UniformParams) -> Result<()> {
     let c = p.scale.len();
     out.insert(
         format!("{prefix}.scale"),
@@ -217,17 +213,15 @@ pub fn layer_entry(path: &str, shape: &[usize], l: Option<&QuantLayer>) -> Resul
     Ok(e)
 }
 
-fn take(
-    tensors: &HashMap<String, Tensor>,
-    file: &Path,
-    layer: &str,
-    name: &str,
-) -> Result<Tensor> {
-    tensors.get(name).cloned().ok_or_else(|| ArtifactError::Layer {
-        path: file.to_path_buf(),
-        layer: layer.to_string(),
-        message: format!("tensor `{name}` is missing"),
-    })
+fn take(tensors: &HashMap<String, Tensor>, file: &Path, layer: &str, name: &str) -> Result<Tensor> {
+    tensors
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ArtifactError::Layer {
+            path: file.to_path_buf(),
+            layer: layer.to_string(),
+            message: format!("tensor `{name}` is missing"),
+        })
 }
 
 fn params_from(
@@ -282,9 +276,10 @@ pub fn layer_from(
                 }
                 shape[1] = p.len;
                 let n: usize = shape.iter().product();
-                let packed: Vec<u8> = take(tensors, file, &e.path, &format!("{}.w{k}.codes", e.path))?
-                    .to_dtype(DType::U8)?
-                    .to_vec1()?;
+                let packed: Vec<u8> =
+                    take(tensors, file, &e.path, &format!("{}.w{k}.codes", e.path))?
+                        .to_dtype(DType::U8)?
+                        .to_vec1()?;
                 if packed.len() != pack::packed_len(n, w.bits) {
                     return Err(bad(format!(
                         "part {k}: {} bytes of codes, {n} codes of {} bits need {}",
@@ -295,8 +290,14 @@ pub fn layer_from(
                 }
                 let codes = pack::unpack(&packed, w.bits, n).map_err(|e| bad(e.to_string()))?;
                 let axis = w.per_channel.then_some(0);
-                let params =
-                    params_from(tensors, file, &e.path, &format!("{}.w{k}", e.path), w.bits, axis)?;
+                let params = params_from(
+                    tensors,
+                    file,
+                    &e.path,
+                    &format!("{}.w{k}", e.path),
+                    w.bits,
+                    axis,
+                )?;
                 parts.push(WeightPart {
                     start: p.start,
                     len: p.len,
@@ -367,7 +368,10 @@ pub fn save(
             "already exists; pass --overwrite to replace it",
         ));
     }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| file_err(parent, e))?;
     let name = dir
         .file_name()
@@ -386,7 +390,13 @@ pub fn save(
     let mut float_tensors = HashMap::new();
     for n in float.names() {
         if !quantized.contains(&n) {
-            float_tensors.insert(n.clone(), float.get_any(&n)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
+            float_tensors.insert(
+                n.clone(),
+                float
+                    .get_any(&n)?
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?,
+            );
         }
     }
     candle_core::safetensors::save(&float_tensors, tmp.join("float.safetensors"))?;
@@ -411,13 +421,11 @@ pub fn save(
     Ok(())
 }
 
-/// Whether `dir` is a dmq artifact (has a `manifest.json` naming the format).
+/// Whether `dir` is meant to be a dmq artifact: it has a `manifest.json` (diffusers folders
+/// have none). Whether that manifest is valid is for [`read_manifest`] to say, so a damaged
+/// artifact gets an error about its manifest rather than about missing diffusers files.
 pub fn is_artifact(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("manifest.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("format").and_then(|f| f.as_str()).map(|f| f == FORMAT))
-        .unwrap_or(false)
+    dir.join("manifest.json").is_file()
 }
 
 /// Reads and checks `manifest.json`.
@@ -446,8 +454,8 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
 /// The quantized layers of the artifact in `dir`, on the CPU.
 pub fn read_layers(dir: &Path, m: &Manifest) -> Result<BTreeMap<String, QuantLayer>> {
     let file = dir.join("quant.safetensors");
-    let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
-        .map_err(|e| file_err(&file, e))?;
+    let tensors =
+        candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| file_err(&file, e))?;
     let mut out = BTreeMap::new();
     for e in &m.layers {
         if e.weight.is_some() || e.activation.is_some() {
@@ -483,7 +491,11 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(Manifest, UNet
 
 /// Installs simulated execution for `layers` on a model whose quantized layers already hold
 /// their dequantized weights (as [`load`] builds it).
-fn install(model: &mut UNet2DModel, layers: &BTreeMap<String, QuantLayer>, dir: &Path) -> Result<()> {
+fn install(
+    model: &mut UNet2DModel,
+    layers: &BTreeMap<String, QuantLayer>,
+    dir: &Path,
+) -> Result<()> {
     let mut seen = 0;
     for mut layer in model.layers_mut() {
         if let Some(l) = layers.get(layer.path()) {
@@ -496,7 +508,11 @@ fn install(model: &mut UNet2DModel, layers: &BTreeMap<String, QuantLayer>, dir: 
     }
     if seen != layers.len() {
         let names: Vec<String> = model.layer_paths();
-        let missing = layers.keys().find(|k| !names.contains(k)).cloned().unwrap_or_default();
+        let missing = layers
+            .keys()
+            .find(|k| !names.contains(k))
+            .cloned()
+            .unwrap_or_default();
         return Err(ArtifactError::Layer {
             path: dir.join("manifest.json"),
             layer: missing,

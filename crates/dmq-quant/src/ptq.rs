@@ -105,27 +105,42 @@ fn unsupported(cfg: &QuantConfig, message: impl Into<String>) -> PtqError {
 /// Rejects recipe values this engine does not implement yet (rather than ignoring them).
 pub fn check_supported(cfg: &QuantConfig) -> Result<()> {
     if cfg.weights.symmetric {
-        return Err(unsupported(cfg, "weights.symmetric = true is not implemented; use false"));
+        return Err(unsupported(
+            cfg,
+            "weights.symmetric = true is not implemented; use false",
+        ));
     }
     if cfg.activations.symmetric {
-        return Err(unsupported(cfg, "activations.symmetric = true is not implemented; use false"));
+        return Err(unsupported(
+            cfg,
+            "activations.symmetric = true is not implemented; use false",
+        ));
     }
     if cfg.activations.range != ActRange::MinmaxEma {
         return Err(unsupported(cfg, "activations.range must be \"minmax_ema\" (percentile is not implemented for calibration)"));
     }
     if !cfg.activations.per_step || !cfg.activations.ema_reset_per_step {
-        return Err(unsupported(cfg, "activations.per_step and activations.ema_reset_per_step must be true"));
+        return Err(unsupported(
+            cfg,
+            "activations.per_step and activations.ema_reset_per_step must be true",
+        ));
     }
     if cfg.reconstruction.enabled && cfg.reconstruction.unit != ReconUnit::Block {
         return Err(unsupported(cfg, "reconstruction.unit must be \"block\""));
     }
     if cfg.reconstruction.enabled && cfg.reconstruction.act_steps {
-        return Err(unsupported(cfg, "reconstruction.act_steps (learned activation steps) is not implemented"));
+        return Err(unsupported(
+            cfg,
+            "reconstruction.act_steps (learned activation steps) is not implemented",
+        ));
     }
     if cfg.reconstruction.enabled
         && (cfg.reconstruction.adaround_zeta != 1.1 || cfg.reconstruction.adaround_gamma != -0.1)
     {
-        return Err(unsupported(cfg, "adaround_zeta/adaround_gamma other than 1.1/-0.1"));
+        return Err(unsupported(
+            cfg,
+            "adaround_zeta/adaround_gamma other than 1.1/-0.1",
+        ));
     }
     Ok(())
 }
@@ -176,7 +191,13 @@ pub fn quantize(
             let w = l.layer_ref().weight.to_dtype(DType::F32)?;
             init.insert(
                 l.path().to_string(),
-                init_part_params(&w, bits, cfg.weights.range, plan.granularity, splits.get(l.path()).copied())?,
+                init_part_params(
+                    &w,
+                    bits,
+                    cfg.weights.range,
+                    plan.granularity,
+                    splits.get(l.path()).copied(),
+                )?,
             );
             float_weights.insert(l.path().to_string(), w);
             progress.inc(1);
@@ -193,7 +214,10 @@ pub fn quantize(
         } else {
             let mut w = BTreeMap::new();
             for (path, parts) in &init {
-                w.insert(path.clone(), QuantWeight::round_to_nearest(&float_weights[path], parts)?);
+                w.insert(
+                    path.clone(),
+                    QuantWeight::round_to_nearest(&float_weights[path], parts)?,
+                );
             }
             recon::install_weights(model, &w)?;
             w
@@ -231,7 +255,11 @@ pub fn quantize(
         steps.dedup();
         steps
             .iter()
-            .map(|&s| set.rows_of_step(s as usize).len().div_ceil(cfg.activations.ema_batch.max(1)) as u64)
+            .map(|&s| {
+                set.rows_of_step(s as usize)
+                    .len()
+                    .div_ceil(cfg.activations.ema_batch.max(1)) as u64
+            })
             .sum()
     };
     progress.stage("activation ranges", batches);
@@ -282,7 +310,9 @@ fn settings(cfg: &QuantConfig) -> ReconSettings {
 }
 
 fn tensors_bytes(ts: &[Tensor]) -> usize {
-    ts.iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+    ts.iter()
+        .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+        .sum()
 }
 
 /// Block reconstruction of every unit holding a quantized weight, in forward order.
@@ -322,7 +352,10 @@ fn reconstruct_all(
             "resuming: {} of {} units restored from {}",
             reports.len(),
             reports.len() + pending.len(),
-            opts.checkpoint_dir.as_deref().unwrap_or(Path::new("?")).display()
+            opts.checkpoint_dir
+                .as_deref()
+                .unwrap_or(Path::new("?"))
+                .display()
         ));
     }
     if pending.is_empty() {
@@ -365,7 +398,10 @@ fn reconstruct_all(
             bytes += b;
             end += 1;
         }
-        let chunk: Vec<String> = pending[next..end].iter().map(|(_, u)| u.path.clone()).collect();
+        let chunk: Vec<String> = pending[next..end]
+            .iter()
+            .map(|(_, u)| u.path.clone())
+            .collect();
         // Full-precision targets: every layer float.
         for mut l in model.layers_mut() {
             l.set_exec(None);
@@ -502,7 +538,10 @@ impl Checkpoints {
         report: &UnitReport,
     ) -> Result<()> {
         let (st, js) = self.paths(unit);
-        let st_tmp = self.dir.join("units").join(format!("{}.safetensors.tmp", unit.path));
+        let st_tmp = self
+            .dir
+            .join("units")
+            .join(format!("{}.safetensors.tmp", unit.path));
         let layers: BTreeMap<String, QuantLayer> = weights
             .iter()
             .map(|(p, w)| {
@@ -520,7 +559,9 @@ impl Checkpoints {
         let file = UnitFile {
             layers: layers
                 .iter()
-                .map(|(p, l)| artifact::layer_entry(p, &l.weight.as_ref().expect("weight").shape, Some(l)))
+                .map(|(p, l)| {
+                    artifact::layer_entry(p, &l.weight.as_ref().expect("weight").shape, Some(l))
+                })
                 .collect::<std::result::Result<_, _>>()?,
             loss_nearest: report.loss_nearest,
             loss_learned: report.loss_learned,
@@ -543,7 +584,8 @@ impl Checkpoints {
             let l = artifact::layer_from(e, &tensors, &st)?;
             out.insert(
                 e.path.clone(),
-                l.weight.ok_or_else(|| Self::err(&js, format!("layer `{}` has no weight", e.path)))?,
+                l.weight
+                    .ok_or_else(|| Self::err(&js, format!("layer `{}` has no weight", e.path)))?,
             );
         }
         Ok(Some((

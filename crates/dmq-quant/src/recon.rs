@@ -61,7 +61,11 @@ fn model_err(e: QuantError) -> ModelError {
 /// averaged over everything else.
 pub fn lp_loss(pred: &Tensor, target: &Tensor, p: f64) -> candle_core::Result<Tensor> {
     let d = (pred - target)?;
-    let e = if p == 2.0 { d.sqr()? } else { d.abs()?.powf(p)? };
+    let e = if p == 2.0 {
+        d.sqr()?
+    } else {
+        d.abs()?.powf(p)?
+    };
     let axis = if e.rank() == 4 { 1 } else { e.rank() - 1 };
     e.sum(axis)?.mean_all()
 }
@@ -191,8 +195,12 @@ fn eval_loss(
         .collect::<candle_core::Result<_>>()?;
     let out = unit_outputs(model, unit, &inputs, s.batch.max(32))?;
     let tgt = data.target.narrow(0, 0, n)?;
-    Ok(lp_loss(&out.to_dtype(DType::F32)?, &tgt.to_dtype(DType::F32)?, s.loss_p)?
-        .to_scalar::<f32>()? as f64)
+    Ok(lp_loss(
+        &out.to_dtype(DType::F32)?,
+        &tgt.to_dtype(DType::F32)?,
+        s.loss_p,
+    )?
+    .to_scalar::<f32>()? as f64)
 }
 
 /// Installs round-to-nearest or learned hard weights on the unit's quantized layers.
@@ -226,7 +234,10 @@ pub fn reconstruct_unit(
 ) -> dmq_model::Result<UnitOutcome> {
     let n = data.inputs[0].dims()[0];
     if n == 0 {
-        return Err(ModelError::Source(format!("{}: no calibration samples", unit.path)));
+        return Err(ModelError::Source(format!(
+            "{}: no calibration samples",
+            unit.path
+        )));
     }
     // Round-to-nearest start, and its loss.
     let mut nearest = BTreeMap::new();
@@ -242,7 +253,10 @@ pub fn reconstruct_unit(
         );
         let mut st = Vec::new();
         for (start, len, params) in parts {
-            st.push(AdaRoundState::new(&w.narrow(1, *start, *len)?, params.clone()).map_err(model_err)?);
+            st.push(
+                AdaRoundState::new(&w.narrow(1, *start, *len)?, params.clone())
+                    .map_err(model_err)?,
+            );
         }
         layer.set_exec(Some(Arc::new(AdaRoundExec { parts: st.clone() })));
         states.insert(layer.path().to_string(), st);
@@ -276,7 +290,9 @@ pub fn reconstruct_unit(
             weight_decay: 0.0,
         },
     )?;
-    let mut rng = ChaCha8Rng::seed_from_u64(s.seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(unit_index as u64 + 1)));
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        s.seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(unit_index as u64 + 1)),
+    );
     let ctx = Ctx::differentiable();
     let device = data.target.device().clone();
     let b = s.batch.min(n);
@@ -293,7 +309,11 @@ pub fn reconstruct_unit(
             .collect::<candle_core::Result<Vec<_>>>()?;
         let tgt = data.target.index_select(&idx, 0)?;
         let out = model.unit_forward(&unit.path, &xs, &ctx)?;
-        let rec = lp_loss(&out.to_dtype(DType::F32)?, &tgt.to_dtype(DType::F32)?, s.loss_p)?;
+        let rec = lp_loss(
+            &out.to_dtype(DType::F32)?,
+            &tgt.to_dtype(DType::F32)?,
+            s.loss_p,
+        )?;
         let mut loss = rec.clone();
         if s.schedule.reg_active(it) {
             for (_, st) in &soft {
@@ -325,7 +345,10 @@ pub fn reconstruct_unit(
                 codes: a.hard_codes().map_err(model_err)?,
             });
         }
-        learned.insert(path.clone(), QuantWeight::new(shape, parts).map_err(model_err)?);
+        learned.insert(
+            path.clone(),
+            QuantWeight::new(shape, parts).map_err(model_err)?,
+        );
     }
     install_hard(model, &learned)?;
     let loss_learned = eval_loss(model, &unit.path, data, s)?;

@@ -16,9 +16,9 @@ fn small_recipe() -> QuantConfig {
     let mut c = QuantConfig::builtin("base-w4a8").unwrap();
     c.calibration.steps = 10;
     c.calibration.steps_sampled = 5;
-    c.calibration.samples_per_step = 6;
-    c.calibration.batch = 6;
-    c.reconstruction.iters = 40;
+    c.calibration.samples_per_step = 4;
+    c.calibration.batch = 4;
+    c.reconstruction.iters = 25;
     c.reconstruction.batch = 4;
     c.activations.ema_batch = 3;
     c
@@ -32,9 +32,9 @@ fn setup() -> (dmq_model::Pipeline, UNet2DModel, CalibSet) {
     let sched = dmq_sched::build(SamplerKind::Ddim { eta: 0.0 }, &cfg, 10).unwrap();
     let spec = CalibSpec {
         steps_sampled: 5,
-        samples_per_step: 6,
+        samples_per_step: 4,
         seed: 0,
-        batch: 6,
+        batch: 4,
     };
     let set = calib::generate(&unet, &*sched, &spec, || {}).unwrap();
     (pipeline, unet, set)
@@ -81,8 +81,14 @@ fn base_recipe_reconstructs_resumes_and_reloads_exactly() {
     let tmp = tempfile::tempdir().unwrap();
 
     // Uninterrupted run.
-    let full = ptq::quantize(&mut unet, &cfg, &set, &opts(&tmp.path().join("a")), &mut Silent)
-        .unwrap();
+    let full = ptq::quantize(
+        &mut unet,
+        &cfg,
+        &set,
+        &opts(&tmp.path().join("a")),
+        &mut Silent,
+    )
+    .unwrap();
     let eps_full = eps_at_step(&unet, &set);
 
     // Split layers: the decoder shortcuts have two weight parts and two activation quantizers.
@@ -111,7 +117,11 @@ fn base_recipe_reconstructs_resumes_and_reloads_exactly() {
         full.units.len()
     );
     assert!(learned < near, "learned {learned} vs nearest {near}");
-    assert!(better * 4 >= full.units.len() * 3, "only {better} of {} units improved", full.units.len());
+    assert!(
+        better * 4 >= full.units.len() * 3,
+        "only {better} of {} units improved",
+        full.units.len()
+    );
 
     // Interrupted run: the complete run's checkpoints minus the last units, resumed.
     let a = tmp.path().join("a");
@@ -160,7 +170,9 @@ fn base_recipe_reconstructs_resumes_and_reloads_exactly() {
         extra: serde_json::Value::Null,
     };
     let q = tmp.path().join("q");
-    let float = pipeline.open_unet_weights(&Device::Cpu, DType::F32).unwrap();
+    let float = pipeline
+        .open_unet_weights(&Device::Cpu, DType::F32)
+        .unwrap();
     artifact::save(
         &q,
         &manifest,

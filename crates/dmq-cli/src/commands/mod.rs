@@ -38,9 +38,11 @@ impl ModelArgs {
                     name: dir.display().to_string(),
                     unet_config: dmq_model::source::FileRef::Path(dir.join("config.json")),
                     unet_weights: dmq_model::source::FileRef::Path(dir.join("float.safetensors")),
-                    scheduler_config: sched
-                        .is_file()
-                        .then(|| dmq_model::source::FileRef::Path(sched)),
+                    scheduler_config: if sched.is_file() {
+                        Some(dmq_model::source::FileRef::Path(sched))
+                    } else {
+                        None
+                    },
                 };
                 return Ok((pipeline, unet));
             }

@@ -14,7 +14,7 @@ use serde_json::json;
 use dmq_quant::artifact::{self, Manifest};
 use dmq_quant::calib::{self, CalibSpec};
 use dmq_quant::config::{QuantConfig, Sampler as CalibSampler, Trajectories};
-use dmq_quant::ptq::{self, PtqOptions, Progress};
+use dmq_quant::ptq::{self, Progress, PtqOptions};
 
 use super::sample::{scheduler_for, write_json_atomic, ProtocolArgs, Sampler};
 use super::ModelArgs;
@@ -55,6 +55,10 @@ pub struct QuantizeArgs {
     /// Memory for full-precision block inputs and targets held at once, in MiB.
     #[arg(long, default_value_t = 2048)]
     pub capture_mib: usize,
+    /// Images sampled by the full-precision and the quantized model from the same seeds at the
+    /// end (preview.png, PSNR in report.json); 0 skips it.
+    #[arg(long, default_value_t = 8)]
+    pub preview: usize,
 }
 
 /// An indicatif bar per stage.
@@ -89,8 +93,9 @@ impl Progress for Bars {
     fn message(&mut self, msg: &str) {
         let line = format!("[{:>6.0} s] {msg}", self.started.elapsed().as_secs_f64());
         match &self.bar {
-            Some(b) => b.println(line),
-            None => eprintln!("{line}"),
+            // A hidden bar (stderr not a terminal, e.g. a log file) would drop the line.
+            Some(b) if !b.is_hidden() => b.println(line),
+            _ => eprintln!("{line}"),
         }
     }
 }
@@ -154,10 +159,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             w.field, w.pattern, w.layers
         );
     }
-    let mut bars = Bars {
-        bar: None,
-        started,
-    };
+    let mut bars = Bars { bar: None, started };
     bars.message(&format!(
         "recipe {} on {} ({} layers, {} parameters)",
         cfg.name,
@@ -312,12 +314,75 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         "artifact_bytes": folder_bytes(&args.out),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
+    let mut report = report;
+    if args.preview > 0 {
+        let (fp_pipeline, fp) = args.model.load()?;
+        let _ = fp_pipeline;
+        let (psnr, picture) = preview(
+            &fp,
+            &unet,
+            &*sched,
+            args.preview,
+            cfg.calibration.seed,
+            &mut bars,
+        )?;
+        dmq_eval::images::save_png_atomic(&picture, &args.out.join("preview.png"))?;
+        bars.message(&format!(
+            "preview: {} images, PSNR {psnr:.2} dB against the full-precision model (preview.png: top FP, bottom quantized)",
+            args.preview
+        ));
+        report["preview"] =
+            json!({ "images": args.preview, "psnr_mean_db": psnr, "seed": cfg.calibration.seed });
+    }
     write_json_atomic(&args.out.join("report.json"), &report)?;
     super::quantize_report::write_png(&args.out.join("report.png"), &report)?;
     // The run is complete: its checkpoints are no longer needed.
     let _ = std::fs::remove_dir_all(&ckpt);
     summary(&report, &args.out);
     Ok(())
+}
+
+/// The same `n` seeds sampled by both models: mean PSNR and a picture (FP row above quantized).
+fn preview(
+    fp: &dmq_model::UNet2DModel,
+    q: &dmq_model::UNet2DModel,
+    sched: &dyn dmq_sched::Scheduler,
+    n: usize,
+    seed: u64,
+    bars: &mut Bars,
+) -> Result<(f64, image::RgbImage)> {
+    let res = fp
+        .config
+        .sample_size
+        .context("config.json has no sample_size")?;
+    let noise = dmq_sched::NoiseSource::new(seed);
+    let idx: Vec<usize> = (0..n).collect();
+    bars.stage("preview", 2 * sched.timesteps().len() as u64);
+    let mut rows = Vec::new();
+    for model in [fp, q] {
+        let x =
+            super::sample::sample_batch(model, sched, &noise, &idx, res, None, |_| bars.inc(1))?;
+        rows.push(dmq_eval::images::to_rgb8(&x)?);
+    }
+    if let Some(b) = bars.bar.take() {
+        b.finish();
+    }
+    let psnr = rows[0]
+        .iter()
+        .zip(&rows[1])
+        .map(|(a, b)| dmq_eval::fidelity::psnr(a, b))
+        .sum::<f64>()
+        / n as f64;
+    let tiles: Vec<image::RgbImage> = rows.concat();
+    let grid = dmq_eval::images::grid(&tiles, n);
+    let scale = (512 / grid.width().max(1)).max(1);
+    let picture = image::imageops::resize(
+        &grid,
+        grid.width() * scale,
+        grid.height() * scale,
+        image::imageops::FilterType::Nearest,
+    );
+    Ok((psnr, picture))
 }
 
 fn folder_bytes(dir: &Path) -> u64 {
@@ -338,8 +403,12 @@ fn summary(report: &serde_json::Value, out: &Path) {
     for l in &layers {
         let key = format!(
             "W{} A{}",
-            l["weight_bits"].as_u64().map_or("fp".to_string(), |b| b.to_string()),
-            l["act_bits"].as_u64().map_or("fp".to_string(), |b| b.to_string())
+            l["weight_bits"]
+                .as_u64()
+                .map_or("fp".to_string(), |b| b.to_string()),
+            l["act_bits"]
+                .as_u64()
+                .map_or("fp".to_string(), |b| b.to_string())
         );
         *by_bits.entry(key).or_default() += 1;
     }

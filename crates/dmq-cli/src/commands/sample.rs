@@ -136,7 +136,11 @@ fn check_artifact_protocol(
     let cal = &m.calibration;
     let want: Vec<usize> = cal["timesteps"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_u64().map(|v| v as usize))
+                .collect()
+        })
         .unwrap_or_default();
     if !want.is_empty() && want != timesteps {
         bail!(
