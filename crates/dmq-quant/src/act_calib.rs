@@ -188,10 +188,7 @@ pub fn calibrate_activations(
     let mut out = BTreeMap::new();
     for mut layer in unet.layers_mut() {
         if let (Some(plan), Some(parts)) = (plans.get(layer.path()), found.remove(layer.path())) {
-            let act = LayerActivation {
-                split: plan.split,
-                parts,
-            };
+            let act = LayerActivation::new(plan.split, parts);
             let like = layer.layer_ref().weight.clone();
             let exec = SimQuantExec::with_weight(plan.weight.as_ref(), &like, Some(act.clone()))
                 .map_err(to_model)?;

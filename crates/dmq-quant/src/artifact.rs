@@ -342,10 +342,7 @@ pub fn layer_from(
                     params,
                 });
             }
-            Some(LayerActivation {
-                split: a.split,
-                parts,
-            })
+            Some(LayerActivation::new(a.split, parts))
         }
     };
     Ok(QuantLayer { weight, activation })

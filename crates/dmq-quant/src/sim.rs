@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
-use candle_core::Tensor;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use candle_core::{DType, Tensor};
 use dmq_model::ctx::Ctx;
 use dmq_model::layers::{LayerExec, LayerKind, LayerRef};
 use dmq_model::ModelError;
@@ -32,24 +35,45 @@ impl PerStepActivation {
 
     /// The set for sampling step `step`: the calibrated step nearest to it (ties: the earlier).
     pub fn for_step(&self, step: usize) -> &UniformParams {
+        &self.params[self.index_for(step)]
+    }
+
+    /// Index of the set for sampling step `step` (see [`PerStepActivation::for_step`]).
+    pub fn index_for(&self, step: usize) -> usize {
         let mut best = 0;
         for (i, &s) in self.steps.iter().enumerate() {
             if s.abs_diff(step) < self.steps[best].abs_diff(step) {
                 best = i;
             }
         }
-        &self.params[best]
+        best
     }
 
-    /// The set to use for a forward at `ctx`: needs the step index unless there is one set.
-    fn for_ctx(&self, ctx: &Ctx, path: &str) -> dmq_model::Result<&UniformParams> {
+    /// Index of the set to use for a forward at `ctx`: needs the step index unless there is
+    /// one set.
+    fn index_for_ctx(&self, ctx: &Ctx, path: &str) -> dmq_model::Result<usize> {
         match (ctx.step, self.steps.len()) {
-            (Some(s), _) => Ok(self.for_step(s)),
-            (None, 1) => Ok(&self.params[0]),
+            (Some(s), _) => Ok(self.index_for(s)),
+            (None, 1) => Ok(0),
             (None, _) => Err(ModelError::Source(format!(
                 "{path}: per-step activation parameters need the sampling-step index; call the model inside a sampler"
             ))),
         }
+    }
+}
+
+/// `(Δ, z)` of each (part, parameter set, dtype, rank, device) as device tensors, made once:
+/// building them from host values on every call costs two host-to-device copies per layer and
+/// step, which dominated simulated sampling on the GPU.
+#[derive(Debug, Default)]
+struct StepTensors(Mutex<HashMap<StepKey, (Tensor, Tensor)>>);
+
+/// (part, parameter set, compute dtype, rank of the input, device).
+type StepKey = (usize, usize, DType, usize, String);
+
+impl Clone for StepTensors {
+    fn clone(&self) -> Self {
+        Self::default()
     }
 }
 
@@ -68,37 +92,78 @@ pub struct LayerActivation {
     pub split: Option<usize>,
     /// One entry per part (1, or 2 when `split` is set).
     pub parts: Vec<PerStepActivation>,
+    cache: StepTensors,
 }
 
 impl LayerActivation {
-    pub fn single(act: PerStepActivation) -> Self {
+    pub fn new(split: Option<usize>, parts: Vec<PerStepActivation>) -> Self {
         Self {
-            split: None,
-            parts: vec![act],
+            split,
+            parts,
+            cache: StepTensors::default(),
         }
+    }
+
+    pub fn single(act: PerStepActivation) -> Self {
+        Self::new(None, vec![act])
+    }
+
+    /// Fake quantization of one part, with the step's `(Δ, z)` cached on `x`'s device. Equal to
+    /// [`UniformParams::fake_quant`] (same ops, same compute dtype).
+    fn quantize_part(
+        &self,
+        part: usize,
+        x: &Tensor,
+        ctx: &Ctx,
+        path: &str,
+    ) -> dmq_model::Result<Tensor> {
+        let act = &self.parts[part];
+        let set = act.index_for_ctx(ctx, path)?;
+        let params = &act.params[set];
+        let dt = if x.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let key = (
+            part,
+            set,
+            dt,
+            x.rank(),
+            format!("{:?}", x.device().location()),
+        );
+        let err = |e: QuantError| ModelError::Source(format!("{path}: {e}"));
+        let (d, z) = {
+            let mut cache = self.cache.0.lock().expect("activation cache lock");
+            match cache.get(&key) {
+                Some(t) => t.clone(),
+                None => {
+                    let dims = x.dims();
+                    let d = params.scale_tensor(dims, dt, x.device()).map_err(err)?;
+                    let z = params
+                        .zero_point_tensor(dims, dt, x.device())
+                        .map_err(err)?;
+                    cache.insert(key, (d.clone(), z.clone()));
+                    (d, z)
+                }
+            }
+        };
+        let xc = x.detach().to_dtype(dt)?;
+        Ok(crate::uniform::fake_quant_ste(&xc, &d, &z, params.bits)
+            .map_err(err)?
+            .detach()
+            .to_dtype(x.dtype())?)
     }
 
     /// Fake-quantizes `x`, the input of `layer`, at the step of `ctx`.
     pub fn fake_quant(&self, layer: &LayerRef, x: &Tensor, ctx: &Ctx) -> dmq_model::Result<Tensor> {
-        let err = |e: QuantError| ModelError::Source(format!("{}: {e}", layer.path));
         match self.split {
-            None => self.parts[0]
-                .for_ctx(ctx, layer.path)?
-                .fake_quant(x)
-                .map_err(err),
+            None => self.quantize_part(0, x, ctx, layer.path),
             Some(s) => {
                 let axis = input_channel_axis(layer.kind, x);
                 let c = x.dims()[axis];
-                let a = x.narrow(axis, 0, s)?;
-                let b = x.narrow(axis, s, c - s)?;
-                let qa = self.parts[0]
-                    .for_ctx(ctx, layer.path)?
-                    .fake_quant(&a)
-                    .map_err(err)?;
-                let qb = self.parts[1]
-                    .for_ctx(ctx, layer.path)?
-                    .fake_quant(&b)
-                    .map_err(err)?;
+                let qa = self.quantize_part(0, &x.narrow(axis, 0, s)?, ctx, layer.path)?;
+                let qb = self.quantize_part(1, &x.narrow(axis, s, c - s)?, ctx, layer.path)?;
                 Ok(Tensor::cat(&[&qa, &qb], axis)?)
             }
         }

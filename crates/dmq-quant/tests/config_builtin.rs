@@ -244,7 +244,7 @@ fn fast_scales_calibration_and_iterations_down() {
             FAST_ITERS,
             FAST_RECON_BATCH
         ),
-        (16, 10, 100, 8)
+        (8, 10, 50, 4)
     );
     let mut tiny = QuantConfig::builtin("base-w4a8").unwrap();
     tiny.calibration.samples_per_step = 4;
