@@ -93,6 +93,18 @@ pub fn save_png_atomic(img: &RgbImage, path: &Path) -> Result<()> {
     })
 }
 
+/// `img` enlarged by the largest whole factor that keeps it at most `width` pixels wide (at
+/// least 1), nearest-neighbour, so 32-pixel samples stay sharp in a figure.
+pub fn upscale_to_width(img: &RgbImage, width: u32) -> RgbImage {
+    let scale = (width / img.width().max(1)).max(1);
+    image::imageops::resize(
+        img,
+        img.width() * scale,
+        img.height() * scale,
+        image::imageops::FilterType::Nearest,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

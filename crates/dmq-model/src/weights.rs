@@ -245,10 +245,7 @@ impl WeightStore {
                     message: format!("shape {:?}, the model expects {shape:?}", t.dims()),
                 });
             }
-            if self.used.borrow_mut().insert(name.to_string()) {
-                self.elements_used
-                    .set(self.elements_used.get() + t.elem_count() as u64);
-            }
+            self.mark_used(name, t);
             return Ok(t.clone());
         }
         if let Some(syn) = &self.synthetic {
@@ -259,20 +256,10 @@ impl WeightStore {
             self.handed_out
                 .borrow_mut()
                 .push((name.to_string(), t.clone()));
-            if self.used.borrow_mut().insert(name.to_string()) {
-                self.elements_used
-                    .set(self.elements_used.get() + t.elem_count() as u64);
-            }
+            self.mark_used(name, &t);
             return Ok(t);
         }
-        let &i = self
-            .index
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                tensor: name.to_string(),
-                files: self.file_list(),
-            })?;
-        let file = &self.files[i];
+        let file = self.file_of(name)?;
         let st = SafeTensors::deserialize(file.bytes.as_slice()).map_err(|e| {
             ModelError::Safetensors {
                 path: file.path.clone(),
@@ -320,11 +307,28 @@ impl WeightStore {
             return Err(bad("contains NaN or infinite values".into()));
         }
         let t = t.to_dtype(self.dtype)?.to_device(&self.device)?;
+        self.mark_used(name, &t);
+        Ok(t)
+    }
+
+    /// Counts `t` as handed out under `name` (once per name).
+    fn mark_used(&self, name: &str, t: &Tensor) {
         if self.used.borrow_mut().insert(name.to_string()) {
             self.elements_used
                 .set(self.elements_used.get() + t.elem_count() as u64);
         }
-        Ok(t)
+    }
+
+    /// The file holding tensor `name`.
+    fn file_of(&self, name: &str) -> Result<&File> {
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                tensor: name.to_string(),
+                files: self.file_list(),
+            })?;
+        Ok(&self.files[i])
     }
 
     /// Names of every tensor in the files (not in-memory ones), sorted.
@@ -334,14 +338,7 @@ impl WeightStore {
 
     /// The tensor `name` with whatever shape the file gives it (copying a checkpoint).
     pub fn get_any(&self, name: &str) -> Result<Tensor> {
-        let &i = self
-            .index
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                tensor: name.to_string(),
-                files: self.file_list(),
-            })?;
-        let file = &self.files[i];
+        let file = self.file_of(name)?;
         let shape = SafeTensors::deserialize(file.bytes.as_slice())
             .and_then(|st| st.tensor(name).map(|v| v.shape().to_vec()))
             .map_err(|e| ModelError::Tensor {

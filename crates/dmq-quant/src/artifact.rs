@@ -144,21 +144,15 @@ pub fn layer_tensors(layers: &BTreeMap<String, QuantLayer>) -> Result<HashMap<St
         }
         if let Some(a) = &l.activation {
             for (k, part) in a.parts.iter().enumerate() {
-                let scale: Vec<f32> = part.params.iter().map(|p| p.scale[0]).collect();
-                let zp: Vec<i64> = part
-                    .params
-                    .iter()
-                    .map(|p| i64::from(p.zero_point[0]))
-                    .collect();
-                let s = scale.len();
-                out.insert(
-                    format!("{path}.a{k}.scale"),
-                    Tensor::from_vec(scale, s, &cpu)?,
-                );
-                out.insert(
-                    format!("{path}.a{k}.zero_point"),
-                    Tensor::from_vec(zp, s, &cpu)?,
-                );
+                // One (Δ, z) per calibrated step, stored like per-channel parameters (and read
+                // back that way by `layer_from`).
+                let per_step = UniformParams {
+                    scale: part.params.iter().map(|p| p.scale[0]).collect(),
+                    zero_point: part.params.iter().map(|p| p.zero_point[0]).collect(),
+                    bits: part.params[0].bits,
+                    axis: Some(0),
+                };
+                insert_params(&mut out, &format!("{path}.a{k}"), &per_step)?;
             }
         }
     }

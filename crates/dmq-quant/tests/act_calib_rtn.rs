@@ -1,13 +1,14 @@
 //! Round-to-nearest W8A8 / W4A4 with per-step activation calibration on the embedded model.
 
+mod common;
+
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor};
-use dmq_model::{Ctx, ModelSource, Timesteps, UNet2DModel};
+use candle_core::{Device, Tensor};
+use dmq_model::{Ctx, Timesteps, UNet2DModel};
 use dmq_quant::act_calib::{calibrate_activations, LayerQuantPlan};
 use dmq_quant::calib::{self, CalibSpec};
 use dmq_quant::uniform::UniformParams;
-use dmq_sched::{SamplerKind, ScheduleConfig};
 
 fn keep_float(path: &str) -> bool {
     path == "conv_in"
@@ -37,11 +38,7 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn per_step_activation_calibration_quantizes_the_model() {
-    let pipeline = ModelSource::Embedded.resolve().unwrap();
-    let mut unet = pipeline.load_unet(&Device::Cpu, DType::F32).unwrap();
-    let (label, text) = pipeline.scheduler_config_text().unwrap();
-    let cfg = ScheduleConfig::from_json_str(&label, &text).unwrap();
-    let sched = dmq_sched::build(SamplerKind::Ddim { eta: 0.0 }, &cfg, 10).unwrap();
+    let (_, mut unet, sched) = common::embedded_ddim(10);
     let spec = CalibSpec {
         steps_sampled: 5,
         samples_per_step: 8,

@@ -1,17 +1,15 @@
 //! Calibration data from the model's own trajectories: what is kept, and the cache.
 
-use candle_core::{DType, Device, IndexOp};
-use dmq_model::{Ctx, ModelSource, Timesteps};
+mod common;
+
+use candle_core::{Device, IndexOp};
+use dmq_model::{Ctx, Timesteps};
 use dmq_quant::calib::{self, CalibSpec};
-use dmq_sched::{NoiseSource, SamplerKind, SchedError, ScheduleConfig};
+use dmq_sched::{NoiseSource, SchedError};
 
 #[test]
 fn calibration_set_holds_the_trajectories_at_the_selected_steps_and_caches() {
-    let pipeline = ModelSource::Embedded.resolve().unwrap();
-    let unet = pipeline.load_unet(&Device::Cpu, DType::F32).unwrap();
-    let (label, text) = pipeline.scheduler_config_text().unwrap();
-    let cfg = ScheduleConfig::from_json_str(&label, &text).unwrap();
-    let sched = dmq_sched::build(SamplerKind::Ddim { eta: 0.0 }, &cfg, 10).unwrap();
+    let (_, unet, sched) = common::embedded_ddim(10);
     let spec = CalibSpec {
         steps_sampled: 5,
         samples_per_step: 3,

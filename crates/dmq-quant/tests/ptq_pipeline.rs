@@ -2,15 +2,16 @@
 //! interrupted run resumed from its checkpoints equals an uninterrupted one, and the artifact
 //! reloads bit-exactly.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
-use dmq_model::{Ctx, ModelSource, Timesteps, UNet2DModel};
+use dmq_model::{Ctx, Timesteps, UNet2DModel};
 use dmq_quant::artifact::{self, Manifest};
 use dmq_quant::calib::{self, CalibSet, CalibSpec};
 use dmq_quant::config::QuantConfig;
 use dmq_quant::ptq::{self, PtqOptions, PtqOutcome, Silent};
-use dmq_sched::{SamplerKind, ScheduleConfig};
 
 fn small_recipe() -> QuantConfig {
     let mut c = QuantConfig::builtin("base-w4a8").unwrap();
@@ -25,11 +26,7 @@ fn small_recipe() -> QuantConfig {
 }
 
 fn setup() -> (dmq_model::Pipeline, UNet2DModel, CalibSet) {
-    let pipeline = ModelSource::Embedded.resolve().unwrap();
-    let unet = pipeline.load_unet(&Device::Cpu, DType::F32).unwrap();
-    let (label, text) = pipeline.scheduler_config_text().unwrap();
-    let cfg = ScheduleConfig::from_json_str(&label, &text).unwrap();
-    let sched = dmq_sched::build(SamplerKind::Ddim { eta: 0.0 }, &cfg, 10).unwrap();
+    let (pipeline, unet, sched) = common::embedded_ddim(10);
     let spec = CalibSpec {
         steps_sampled: 5,
         samples_per_step: 4,

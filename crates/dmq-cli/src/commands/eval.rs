@@ -240,13 +240,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         None => images::grid(&ours, 8),
     };
-    let scale = (1024 / picture.width().max(1)).max(1);
-    let picture = image::imageops::resize(
-        &picture,
-        picture.width() * scale,
-        picture.height() * scale,
-        image::imageops::FilterType::Nearest,
-    );
+    let picture = images::upscale_to_width(&picture, 1024);
     images::save_png_atomic(&picture, &args.out.join("side-by-side.png"))?;
     report["wall_s"] = json!(started.elapsed().as_secs_f64());
     write_json_atomic(&args.out.join("eval.json"), &report)?;

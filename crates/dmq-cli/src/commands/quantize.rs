@@ -244,7 +244,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     // The artifact.
     let mut layers_json = Vec::new();
     let mut entries = Vec::new();
-    for mut l in unet.layers_mut() {
+    for l in unet.layers_mut() {
         let path = l.path().to_string();
         let shape = l.layer_ref().weight.dims().to_vec();
         let q = outcome.layers.get(&path);
@@ -259,7 +259,6 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             "weight_rel_error": e.weight_rel_error,
         }));
         entries.push(e);
-        let _ = &mut l;
     }
     let total_seconds = started.elapsed().as_secs_f64();
     let calibration = json!({
@@ -316,8 +315,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     });
     let mut report = report;
     if args.preview > 0 {
-        let (fp_pipeline, fp) = args.model.load()?;
-        let _ = fp_pipeline;
+        let (_, fp) = args.model.load()?;
         let (psnr, picture) = preview(
             &fp,
             &unet,
@@ -375,14 +373,7 @@ fn preview(
         / n as f64;
     let tiles: Vec<image::RgbImage> = rows.concat();
     let grid = dmq_eval::images::grid(&tiles, n);
-    let scale = (512 / grid.width().max(1)).max(1);
-    let picture = image::imageops::resize(
-        &grid,
-        grid.width() * scale,
-        grid.height() * scale,
-        image::imageops::FilterType::Nearest,
-    );
-    Ok((psnr, picture))
+    Ok((psnr, dmq_eval::images::upscale_to_width(&grid, 512)))
 }
 
 fn folder_bytes(dir: &Path) -> u64 {

@@ -39,3 +39,19 @@ pub fn host(t: &Tensor) -> Vec<f64> {
         .to_vec1()
         .unwrap()
 }
+
+/// The embedded model on the CPU in f32, with its DDIM scheduler (eta 0) at `steps` steps.
+pub fn embedded_ddim(
+    steps: usize,
+) -> (
+    dmq_model::Pipeline,
+    dmq_model::UNet2DModel,
+    Box<dyn dmq_sched::Scheduler>,
+) {
+    let pipeline = dmq_model::ModelSource::Embedded.resolve().unwrap();
+    let unet = pipeline.load_unet(&Device::Cpu, DType::F32).unwrap();
+    let (label, text) = pipeline.scheduler_config_text().unwrap();
+    let cfg = dmq_sched::ScheduleConfig::from_json_str(&label, &text).unwrap();
+    let sched = dmq_sched::build(dmq_sched::SamplerKind::Ddim { eta: 0.0 }, &cfg, steps).unwrap();
+    (pipeline, unet, sched)
+}
