@@ -1,0 +1,387 @@
+//! The integer path as a model hook: [`IntExec`] is a `dmq_model::layers::LayerExec`, installed
+//! on a layer exactly where the simulated path installs `dmq_quant::sim::SimQuantExec`, so the
+//! same UNet code runs either way (`dmq sample --exec sim|int`).
+//!
+//! Which layers compute in integers: those whose weights *and* inputs are quantized. A layer with
+//! only one of the two (weight-only or activation-only recipes) keeps the simulated computation,
+//! and layers the recipe keeps in float stay float, as do group norms, SiLU and the attention
+//! matmuls (not quantized by any dmq recipe).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use dmq_model::ctx::Ctx;
+use dmq_model::layers::{LayerExec, LayerKind, LayerMut, LayerRef};
+use dmq_model::{ModelError, UNet2DConfig, UNet2DModel, WeightStore};
+use dmq_quant::artifact::{self, Manifest, QuantLayer};
+use dmq_quant::qweight::QuantWeight;
+use dmq_quant::sim::{LayerActivation, SimQuantExec};
+
+use crate::error::{ExecError, Result};
+use crate::isa::Isa;
+use crate::layer::{Geometry, IntLayer, PartWeight, SegmentSpec};
+use crate::quantize::ActQuant;
+
+/// Integer execution of one layer: the packed layer plus its per-step activation quantizers.
+pub struct IntExec {
+    pub layer: IntLayer,
+    /// `[part][set]`: the activation quantizer of each part for each calibrated step set.
+    acts: Vec<Vec<ActQuant>>,
+    /// Sampling-step index of each set (the same for every part).
+    steps: Vec<usize>,
+    isa: Isa,
+}
+
+impl IntExec {
+    /// Builds the integer layer for `layer` (its geometry and bias) from the quantized weight and
+    /// activation quantizers of an artifact.
+    pub fn new(
+        layer: &LayerRef,
+        weight: &QuantWeight,
+        activation: &LayerActivation,
+        isa: Isa,
+    ) -> Result<Self> {
+        Self::build(layer, weight, activation, isa).map_err(|e| e.in_layer(layer.path))
+    }
+
+    fn build(
+        layer: &LayerRef,
+        weight: &QuantWeight,
+        activation: &LayerActivation,
+        isa: Isa,
+    ) -> Result<Self> {
+        let dims = layer.weight.dims();
+        if weight.shape != dims {
+            return Err(ExecError::Shape(format!(
+                "quantized weight has shape {:?}, the layer {:?}",
+                weight.shape, dims
+            )));
+        }
+        let geometry = match layer.kind {
+            LayerKind::Conv2d { stride, padding } => {
+                if dims.len() != 4 || dims[2] != dims[3] {
+                    return Err(ExecError::Shape(format!(
+                        "convolution weight {dims:?} is not [C_out, C_in, k, k]"
+                    )));
+                }
+                Geometry::Conv {
+                    kernel: dims[2],
+                    stride,
+                    padding,
+                }
+            }
+            LayerKind::Linear => {
+                if dims.len() != 2 {
+                    return Err(ExecError::Shape(format!(
+                        "linear weight {dims:?} is not [C_out, C_in]"
+                    )));
+                }
+                Geometry::Linear
+            }
+        };
+        let (out_c, in_c) = (dims[0], dims[1]);
+        let taps: usize = dims[2..].iter().product();
+        // Weight parts (input-channel ranges with their own quantizer) and activation parts
+        // (split at the same channel for split layers) must line up: one dequantization scale
+        // per part.
+        let act_ranges: Vec<(usize, usize)> = match activation.split {
+            None => vec![(0, in_c)],
+            Some(s) => vec![(0, s), (s, in_c - s)],
+        };
+        let w_ranges: Vec<(usize, usize)> = weight.parts.iter().map(|p| (p.start, p.len)).collect();
+        if activation.parts.len() != act_ranges.len() {
+            return Err(ExecError::Shape(format!(
+                "{} activation parts for split {:?}",
+                activation.parts.len(),
+                activation.split
+            )));
+        }
+        // Segments: the common refinement of both splits (each segment one weight part, one
+        // activation part); dequantization parts: the (weight part, activation part) pairs.
+        let mut cuts: Vec<usize> = act_ranges
+            .iter()
+            .chain(&w_ranges)
+            .flat_map(|&(s, l)| [s, s + l])
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut segments: Vec<SegmentSpec> = Vec::new();
+        let mut pairs: Vec<(usize, usize)> = Vec::new();
+        for w in cuts.windows(2) {
+            let (start, end) = (w[0], w[1]);
+            let wp = w_ranges
+                .iter()
+                .position(|&(s, l)| start >= s && start < s + l)
+                .ok_or_else(|| {
+                    ExecError::Shape(format!("input channel {start} has no weight part"))
+                })?;
+            let ap = act_ranges
+                .iter()
+                .position(|&(s, l)| start >= s && start < s + l)
+                .ok_or_else(|| {
+                    ExecError::Shape(format!("input channel {start} has no activation part"))
+                })?;
+            let part = match pairs.iter().position(|&p| p == (wp, ap)) {
+                Some(i) => i,
+                None => {
+                    pairs.push((wp, ap));
+                    pairs.len() - 1
+                }
+            };
+            segments.push((start, end - start, 0, part));
+        }
+        // Codes of the whole weight in [C_out][C_in][taps] order.
+        let mut codes = vec![0u8; out_c * in_c * taps];
+        for p in &weight.parts {
+            let pc: Vec<u8> = p.codes.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
+            for n in 0..out_c {
+                let src = &pc[n * p.len * taps..(n + 1) * p.len * taps];
+                let dst = (n * in_c + p.start) * taps;
+                codes[dst..dst + p.len * taps].copy_from_slice(src);
+            }
+        }
+        let parts: Vec<PartWeight> = pairs
+            .iter()
+            .map(|&(wp, _)| PartWeight {
+                scale: weight.parts[wp].params.scale.clone(),
+                zero_point: weight.parts[wp].params.zero_point.clone(),
+            })
+            .collect();
+        let bias = match layer.bias {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec1()?),
+            None => None,
+        };
+        let int_layer = IntLayer::new(
+            layer.path,
+            geometry,
+            &codes,
+            weight.bits(),
+            out_c,
+            in_c,
+            &segments,
+            parts,
+            bias,
+        )?;
+        // Activation quantizers per dequantization part, per step set.
+        let steps = activation.parts[0].steps.clone();
+        if activation.parts.iter().any(|p| p.steps != steps) {
+            return Err(ExecError::Shape(
+                "the activation parts were calibrated at different steps".into(),
+            ));
+        }
+        let acts = pairs
+            .iter()
+            .map(|&(_, ap)| {
+                activation.parts[ap]
+                    .params
+                    .iter()
+                    .map(|p| {
+                        if p.scale.len() != 1 {
+                            return Err(ExecError::Shape(format!(
+                                "activation quantizer has {} steps; integer execution takes per-tensor ones",
+                                p.scale.len()
+                            )));
+                        }
+                        ActQuant::new(p.scale[0], p.zero_point[0], p.bits)
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layer: int_layer,
+            acts,
+            steps,
+            isa,
+        })
+    }
+
+    /// The index of the parameter set for `ctx` (nearest calibrated step, ties to the earlier,
+    /// as in the simulated path).
+    fn set_for(&self, ctx: &Ctx) -> std::result::Result<usize, ModelError> {
+        match (ctx.step, self.steps.len()) {
+            (Some(step), _) => {
+                let mut best = 0;
+                for (i, &s) in self.steps.iter().enumerate() {
+                    if s.abs_diff(step) < self.steps[best].abs_diff(step) {
+                        best = i;
+                    }
+                }
+                Ok(best)
+            }
+            (None, 1) => Ok(0),
+            (None, _) => Err(ModelError::Source(format!(
+                "{}: per-step activation parameters need the sampling-step index; call the model inside a sampler",
+                self.layer.name
+            ))),
+        }
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+}
+
+impl LayerExec for IntExec {
+    fn forward(
+        &self,
+        layer: &LayerRef,
+        x: &Tensor,
+        _float_op: &dyn Fn(&Tensor, &Tensor) -> dmq_model::Result<Tensor>,
+        ctx: &Ctx,
+    ) -> dmq_model::Result<Tensor> {
+        let err = |m: String| ModelError::Source(format!("{}: {m}", layer.path));
+        if !x.device().is_cpu() || x.dtype() != DType::F32 {
+            return Err(err(format!(
+                "integer execution runs on the CPU in f32; the input is {:?} on {:?}",
+                x.dtype(),
+                x.device().location()
+            )));
+        }
+        let set = self.set_for(ctx)?;
+        let acts: Vec<ActQuant> = self.acts.iter().map(|a| a[set]).collect();
+        let x = x.contiguous()?;
+        let (storage, l) = x.storage_and_layout();
+        let data: &[f32] = match &*storage {
+            candle_core::Storage::Cpu(cpu) => {
+                let all = cpu.as_slice::<f32>()?;
+                match l.contiguous_offsets() {
+                    Some((a, b)) => &all[a..b],
+                    None => return Err(err("input is not contiguous".into())),
+                }
+            }
+            _ => return Err(err("input is not in CPU memory".into())),
+        };
+        let (out, dims) = self
+            .layer
+            .forward(self.isa, data, x.dims(), &acts)
+            .map_err(|e| ModelError::Source(e.to_string()))?;
+        drop(storage);
+        Ok(Tensor::from_vec(out, dims, &Device::Cpu)?)
+    }
+}
+
+/// What [`load_int`] built.
+#[derive(Debug, Clone, Default)]
+pub struct IntModelInfo {
+    /// Layers computing in integers.
+    pub int_layers: Vec<String>,
+    /// Quantized layers left to the simulated computation (weight-only or activation-only).
+    pub sim_layers: Vec<String>,
+    /// Bytes of the integer layers (packed codes, steps, zero points, weight sums, biases).
+    pub packed_bytes: usize,
+    /// Float weight elements the integer layers replaced (no longer held in memory).
+    pub replaced_float_elements: usize,
+    /// Instruction set of the kernels.
+    pub isa: Option<Isa>,
+}
+
+impl IntModelInfo {
+    /// Bytes of weights the model holds: f32 tensors of every parameter not replaced (biases of
+    /// integer layers included, which their packed form also copies) plus the packed form.
+    pub fn resident_weight_bytes(&self, num_params: u64) -> u64 {
+        let float = num_params.saturating_sub(self.replaced_float_elements as u64);
+        4 * float + self.packed_bytes as u64
+    }
+}
+
+/// Builds the artifact's model on the CPU in f32 with every layer whose weights and inputs are
+/// quantized computing in integers, the rest as [`artifact::load`] builds them. The float weights
+/// of the integer layers are dropped once their packed form exists.
+pub fn load_int(dir: &Path, isa: Isa) -> Result<(Manifest, UNet2DModel, IntModelInfo)> {
+    let m = artifact::read_manifest(dir)?;
+    let layers = artifact::read_layers(dir, &m)?;
+    let cfg_path = dir.join("config.json");
+    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| ExecError::File {
+        path: cfg_path.clone(),
+        message: e.to_string(),
+    })?;
+    let cfg = UNet2DConfig::from_json_str(&cfg_path, &cfg_text)?;
+    let device = Device::Cpu;
+    let mut store = WeightStore::open(&dir.join("float.safetensors"), &device, DType::F32)?;
+    for (path, l) in &layers {
+        if let Some(w) = &l.weight {
+            let deq = w.dequantize().map_err(|e| ExecError::Layer {
+                layer: path.clone(),
+                message: format!("{}: {e}", dir.join("quant.safetensors").display()),
+            })?;
+            store.insert(&format!("{path}.weight"), deq)?;
+        }
+    }
+    let mut model = UNet2DModel::load(cfg, &store)?;
+    drop(store);
+    let info = install_int(&mut model, &layers, isa)?;
+    Ok((m, model, info))
+}
+
+/// Installs integer execution on every layer of `layers` with both a quantized weight and
+/// quantized inputs, and the simulated one on the other quantized layers. The model's quantized
+/// layers must hold their dequantized weights (as [`artifact::load`] builds them).
+pub fn install_int(
+    model: &mut UNet2DModel,
+    layers: &BTreeMap<String, QuantLayer>,
+    isa: Isa,
+) -> Result<IntModelInfo> {
+    let mut info = IntModelInfo {
+        isa: Some(isa),
+        ..Default::default()
+    };
+    let mut seen = 0;
+    for mut layer in model.layers_mut() {
+        let path = layer.path().to_string();
+        let Some(l) = layers.get(&path) else { continue };
+        seen += 1;
+        match (&l.weight, &l.activation) {
+            (Some(w), Some(a)) => {
+                let exec = IntExec::new(&layer.layer_ref(), w, a, isa)?;
+                info.packed_bytes += exec.layer.resident_bytes();
+                info.replaced_float_elements += layer.layer_ref().weight.elem_count();
+                drop_float_weight(&mut layer)?;
+                layer.set_exec(Some(Arc::new(exec)));
+                info.int_layers.push(path);
+            }
+            (w, a) => {
+                let like = layer.layer_ref().weight.clone();
+                let exec = SimQuantExec::with_weight(None, &like, a.clone()).map_err(|e| {
+                    ExecError::Layer {
+                        layer: path.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                layer.set_exec(Some(exec));
+                if w.is_some() || a.is_some() {
+                    info.sim_layers.push(path);
+                }
+            }
+        }
+    }
+    if seen != layers.len() {
+        let names = model.layer_paths();
+        let missing = layers
+            .keys()
+            .find(|k| !names.contains(k))
+            .cloned()
+            .unwrap_or_default();
+        return Err(ExecError::Layer {
+            layer: missing,
+            message: "is not a layer of the model built from config.json".into(),
+        });
+    }
+    Ok(info)
+}
+
+/// Replaces a layer's float weight by a zero-stride view of one element with the same shape: the
+/// layer keeps reporting its shape (tracing, `inspect`) while the f32 copy is freed.
+fn drop_float_weight(layer: &mut LayerMut) -> Result<()> {
+    let dims = layer.layer_ref().weight.dims().to_vec();
+    let dtype = layer.layer_ref().weight.dtype();
+    let placeholder = Tensor::zeros(1, dtype, &Device::Cpu)?
+        .reshape(vec![1usize; dims.len()])?
+        .broadcast_as(dims)?;
+    match layer {
+        LayerMut::Conv(c) => c.weight = placeholder,
+        LayerMut::Linear(l) => l.weight = placeholder,
+    }
+    Ok(())
+}
