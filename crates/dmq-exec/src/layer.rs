@@ -406,6 +406,55 @@ impl IntLayer {
         Ok((out, ints, out_dims))
     }
 
+    /// The per-call constants of the epilogue (they depend on the step's activation quantizers).
+    fn epilogue(&self, quants: &[ActQuant]) -> Epilogue {
+        let n_out = self.out_channels();
+        let offset = i64::from(self.weight.offset());
+        let segs = self.segments();
+        let part_segments: Vec<Vec<usize>> = (0..self.parts.len())
+            .map(|pi| (0..segs.len()).filter(|&si| segs[si].part == pi).collect())
+            .collect();
+        // Δ_a of each part: a segment's step is the part's times 2^shift (exact in f32).
+        let scale = part_segments
+            .iter()
+            .zip(&self.parts)
+            .map(|(ss, part)| {
+                let step = ss.first().map_or(0.0, |&si| {
+                    f64::from(quants[si].scale) / f64::from(1u32 << segs[si].shift)
+                });
+                part.scale.iter().map(|&w| step * f64::from(w)).collect()
+            })
+            .collect();
+        Epilogue {
+            cs: segs
+                .iter()
+                .map(|s| {
+                    let zw = &self.parts[s.part].zero_point;
+                    (0..n_out).map(|n| offset - i64::from(zw[n])).collect()
+                })
+                .collect(),
+            c0: quants
+                .iter()
+                .zip(&self.sums)
+                .map(|(q, sums)| {
+                    let za = i64::from(q.zero_point);
+                    sums.total.iter().map(|&w| -za * w).collect()
+                })
+                .collect(),
+            padfix: quants
+                .iter()
+                .map(|q| i64::from(q.pad_code()) - i64::from(q.zero_point))
+                .collect(),
+            shift: segs.iter().map(|s| s.shift).collect(),
+            scale,
+            bias: match &self.bias {
+                Some(b) => b.iter().map(|&v| f64::from(v)).collect(),
+                None => vec![0.0; n_out],
+            },
+            part_segments,
+        }
+    }
+
     /// Tiles, kernels and epilogue over all positions, in parallel over chunks of positions.
     fn run(
         &self,
@@ -416,6 +465,7 @@ impl IntLayer {
         out: SyncPtr<f32>,
         ints: Option<SyncPtr<i64>>,
     ) {
+        let epi = self.epilogue(quants);
         let total = geo.batch * geo.oh * geo.ow;
         let threads = rayon::current_num_threads().max(1);
         let chunk = (total.div_ceil(threads * 2)).clamp(TILE_M, 16 * TILE_M);
@@ -425,7 +475,7 @@ impl IntLayer {
             let last = (first + chunk).min(total);
             // SAFETY: chunks cover disjoint positions and each output element belongs to one
             // position, so no two threads write the same element; `out` outlives the loop.
-            unsafe { self.run_chunk(isa, qin, geo, quants, first..last, out, ints) };
+            unsafe { self.run_chunk(isa, qin, geo, &epi, first..last, out, ints) };
         });
     }
 
@@ -437,7 +487,7 @@ impl IntLayer {
         isa: Isa,
         qin: &QuantizedInput,
         geo: &Positions,
-        quants: &[ActQuant],
+        epi: &Epilogue,
         range: std::ops::Range<usize>,
         out: SyncPtr<f32>,
         ints: Option<SyncPtr<i64>>,
@@ -454,8 +504,10 @@ impl IntLayer {
         let mut base_pix = Vec::with_capacity(len);
         let mut s_sum = vec![0i64; len * nseg];
         let mut pad_mask = vec![0u64; len];
+        let mut out_base = Vec::with_capacity(len);
         for (li, p) in range.clone().enumerate() {
             let b = p / (geo.oh * geo.ow);
+            out_base.push(b * n_out * geo.oh * geo.ow + p % (geo.oh * geo.ow));
             let oy = p / geo.ow % geo.oh;
             let ox = p % geo.ow;
             let pix = qin.pixel(b, oy * geo.stride, ox * geo.stride);
@@ -477,7 +529,6 @@ impl IntLayer {
                 }
             }
         }
-        let offset = i64::from(self.weight.offset());
         let blocks = self.weight.blocks();
         let block_len = self.weight.block_len();
         // Unpacked int4 panels; byte-stored weights are read in place.
@@ -489,18 +540,6 @@ impl IntLayer {
         let mut accs: Vec<Acc> = vec![[0i32; TILE_M * ACC_W]; nseg];
         let hw = geo.oh * geo.ow;
         let nparts = self.parts.len();
-        // Δ_a of each part: a segment's step is the part's times 2^shift (exact in f32).
-        let part_step: Vec<f64> = (0..nparts)
-            .map(|pi| {
-                quants
-                    .iter()
-                    .zip(self.segments())
-                    .find(|(_, s)| s.part == pi)
-                    .map_or(0.0, |(q, s)| {
-                        f64::from(q.scale) / f64::from(1u32 << s.shift)
-                    })
-            })
-            .collect();
         let mut jb = 0;
         while jb < blocks {
             let nr = (blocks - jb).min(MAX_NR);
@@ -529,55 +568,62 @@ impl IntLayer {
                         &mut accs[si],
                     );
                 }
-                // Epilogue: zero-point terms, shifts, one scale per part, bias.
-                for i in 0..m {
-                    let li = tile0 + i;
-                    let p = range.start + li;
-                    let (b, pos) = (p / hw, p % hw);
-                    for jj in 0..nr * NB {
-                        let n = jb * NB + jj;
-                        if n >= n_out {
-                            break;
-                        }
-                        let mut y = f64::from(self.bias.as_ref().map_or(0.0, |b| b[n]));
-                        for (pi, part) in self.parts.iter().enumerate() {
+                // Epilogue: zero-point terms, shifts, one scale per part, bias; channel-major
+                // so consecutive positions of one image write consecutive floats.
+                for jj in 0..nr * NB {
+                    let n = jb * NB + jj;
+                    if n >= n_out {
+                        break;
+                    }
+                    for i in 0..m {
+                        let li = tile0 + i;
+                        let mut y = epi.bias[n];
+                        for (pi, segs) in epi.part_segments.iter().enumerate() {
                             let mut v: i64 = 0;
-                            for (si, seg) in self.segments().iter().enumerate() {
-                                if seg.part != pi {
-                                    continue;
-                                }
-                                let q = &quants[si];
-                                let za = i64::from(q.zero_point);
-                                let zw = i64::from(part.zero_point[n]);
-                                let sums = &self.sums[si];
+                            for &si in segs {
                                 let mut vs = i64::from(accs[si][i * ACC_W + jj])
-                                    + (offset - zw) * s_sum[li * nseg + si]
-                                    - za * sums.total[n];
-                                let pad = i64::from(q.pad_code());
-                                if pad != za && pad_mask[li] != 0 {
+                                    + epi.cs[si][n] * s_sum[li * nseg + si]
+                                    + epi.c0[si][n];
+                                if epi.padfix[si] != 0 && pad_mask[li] != 0 {
+                                    let per_tap = &self.sums[si].per_tap[n * taps..(n + 1) * taps];
                                     let mut ptaps = 0i64;
                                     let mut mask = pad_mask[li];
                                     while mask != 0 {
-                                        let t = mask.trailing_zeros() as usize;
-                                        ptaps += sums.per_tap[n * taps + t];
+                                        ptaps += per_tap[mask.trailing_zeros() as usize];
                                         mask &= mask - 1;
                                     }
-                                    vs -= (pad - za) * ptaps;
+                                    vs -= epi.padfix[si] * ptaps;
                                 }
-                                v += vs << seg.shift;
+                                v += vs << epi.shift[si];
                             }
                             if let Some(ints) = ints {
-                                *ints.0.add(((b * n_out + n) * hw + pos) * nparts + pi) = v;
+                                *ints.0.add((out_base[li] + n * hw) * nparts + pi) = v;
                             }
-                            y += part_step[pi] * f64::from(part.scale[n]) * v as f64;
+                            y += epi.scale[pi][n] * v as f64;
                         }
-                        *out.0.add((b * n_out + n) * hw + pos) = y as f32;
+                        *out.0.add(out_base[li] + n * hw) = y as f32;
                     }
                 }
             }
             jb += nr;
         }
     }
+}
+
+/// Constants of the epilogue for one call (see [`IntLayer::epilogue`]).
+struct Epilogue {
+    /// `[segment][n]`: `o − z_w[n]`, the factor of the segment's code sum.
+    cs: Vec<Vec<i64>>,
+    /// `[segment][n]`: `−z_a·W_s[n]`.
+    c0: Vec<Vec<i64>>,
+    /// `[segment]`: `pad − z_a` (0 when the zero point is a code).
+    padfix: Vec<i64>,
+    shift: Vec<u8>,
+    /// `[part][n]`: `Δ_a·Δ_w[n]`.
+    scale: Vec<Vec<f64>>,
+    /// `[part]`: its segments.
+    part_segments: Vec<Vec<usize>>,
+    bias: Vec<f64>,
 }
 
 /// Geometry of the positions of one call.
