@@ -19,12 +19,14 @@ use super::sample::{
     protocol, read_images, sample_to_folder, scheduler_for, write_json_atomic, ProtocolArgs,
     SampleJob,
 };
-use super::ModelArgs;
+use super::{ExecArgs, ExecMode, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub exec: ExecArgs,
     #[command(flatten)]
     pub protocol: ProtocolArgs,
     /// Number of images to sample and score.
@@ -37,7 +39,9 @@ pub struct EvalArgs {
     /// image set to compute them from [default: none, no FID].
     #[arg(long)]
     pub fid_ref: Option<PathBuf>,
-    /// Full-precision model to compare with, sampled from the same seeds [default: none].
+    /// Full-precision model to compare with, sampled from the same seeds [default: none]. A
+    /// quantized model given here runs simulated, so `--model Q --exec int --against Q` measures
+    /// how far integer execution is from the simulation.
     #[arg(long)]
     pub against: Option<String>,
     /// Compute precision of the --against model.
@@ -61,13 +65,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
         bail!("--num and --batch must be at least 1");
     }
     let started = Instant::now();
-    let (pipeline, unet) = args.model.load()?;
+    let loaded = args.model.load_exec(args.exec.exec)?;
+    let (pipeline, unet) = (loaded.pipeline, loaded.unet);
     let sched = scheduler_for(&pipeline, &args.protocol)?;
     let proto = protocol(
         &pipeline.name,
         &args.protocol,
         None,
         &args.model,
+        args.exec.exec,
         sched.timesteps(),
     );
     std::fs::create_dir_all(&args.out)
@@ -117,6 +123,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 &args.protocol,
                 None,
                 &fp_args,
+                ExecMode::Sim,
                 fp_sched.timesteps(),
             ),
             seed: args.protocol.seed,

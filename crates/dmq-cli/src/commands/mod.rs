@@ -7,7 +7,7 @@ pub mod quantize;
 pub mod quantize_report;
 pub mod sample;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 /// Flags shared by every command that runs a model.
 #[derive(Args, Debug, Clone)]
@@ -24,15 +24,91 @@ pub struct ModelArgs {
     pub dtype: String,
 }
 
+/// How a quantized model computes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExecMode {
+    /// Floating-point simulation: dequantized weights, fake-quantized inputs (what calibration
+    /// optimises; any device and dtype).
+    Sim,
+    /// Integer kernels: weights kept packed (int8, int4 two per byte), inputs quantized to u8,
+    /// u8 x i8 products summed in i32 (CPU, f32 only).
+    Int,
+}
+
+impl ExecMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecMode::Sim => "sim",
+            ExecMode::Int => "int",
+        }
+    }
+}
+
+/// `--exec`, for commands that run quantized models.
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// How a quantized model (a `dmq quantize` folder) computes: `sim` simulates the quantization
+    /// in floating point, `int` runs integer kernels on the CPU (f32 only; the kernels' instruction
+    /// set can be capped with $DMQ_EXEC_ISA=scalar|avx2|avx512vnni). Other models ignore `sim` and
+    /// refuse `int`.
+    #[arg(long, value_enum, default_value_t = ExecMode::Sim)]
+    pub exec: ExecMode,
+}
+
+/// A loaded model and, for integer execution, what was built.
+pub struct Loaded {
+    pub pipeline: dmq_model::Pipeline,
+    pub unet: dmq_model::UNet2DModel,
+    pub int_info: Option<dmq_exec::IntModelInfo>,
+}
+
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<(dmq_model::Pipeline, dmq_model::UNet2DModel)> {
+        let l = self.load_exec(ExecMode::Sim)?;
+        Ok((l.pipeline, l.unet))
+    }
+
+    /// Loads the model; a quantized model computes as `exec` says.
+    pub fn load_exec(&self, exec: ExecMode) -> anyhow::Result<Loaded> {
         use anyhow::Context;
         let device = crate::device::parse_device(&self.device)?;
         let dtype = crate::device::parse_dtype(&self.dtype)?;
         if let Some(dir) = self.model.as_deref().map(std::path::Path::new) {
             if dmq_quant::artifact::is_artifact(dir) {
-                let (_, unet) = dmq_quant::artifact::load(dir, &device, dtype)
-                    .with_context(|| format!("loading the quantized model {}", dir.display()))?;
+                let mut int_info = None;
+                let unet = match exec {
+                    ExecMode::Sim => {
+                        dmq_quant::artifact::load(dir, &device, dtype)
+                            .with_context(|| {
+                                format!("loading the quantized model {}", dir.display())
+                            })?
+                            .1
+                    }
+                    ExecMode::Int => {
+                        if !device.is_cpu() || dtype != candle_core::DType::F32 {
+                            anyhow::bail!(
+                                "--exec int runs on the CPU in f32; got --device {} --dtype {}",
+                                self.device,
+                                self.dtype
+                            );
+                        }
+                        let isa = dmq_exec::Isa::detect().map_err(anyhow::Error::msg)?;
+                        let (_, unet, info) = dmq_exec::load_int(dir, isa).with_context(|| {
+                            format!(
+                                "loading the quantized model {} for integer execution",
+                                dir.display()
+                            )
+                        })?;
+                        eprintln!(
+                            "integer execution ({isa}): {} layers in integers, {} simulated, {:.2} MiB of weights",
+                            info.int_layers.len(),
+                            info.sim_layers.len(),
+                            info.resident_weight_bytes(unet.num_params) as f64 / (1 << 20) as f64
+                        );
+                        int_info = Some(info);
+                        unet
+                    }
+                };
                 let sched = dir.join("scheduler_config.json");
                 let pipeline = dmq_model::Pipeline {
                     name: dir.display().to_string(),
@@ -44,14 +120,28 @@ impl ModelArgs {
                         None
                     },
                 };
-                return Ok((pipeline, unet));
+                return Ok(Loaded {
+                    pipeline,
+                    unet,
+                    int_info,
+                });
             }
+        }
+        if exec == ExecMode::Int {
+            anyhow::bail!(
+                "--exec int needs a quantized model (a folder written by `dmq quantize`); {} is not one",
+                self.model.as_deref().unwrap_or("the embedded default model")
+            );
         }
         let source = dmq_model::ModelSource::parse(self.model.as_deref())?;
         let pipeline = source.resolve()?;
         let unet = pipeline
             .load_unet(&device, dtype)
             .with_context(|| format!("loading the UNet of {}", pipeline.name))?;
-        Ok((pipeline, unet))
+        Ok(Loaded {
+            pipeline,
+            unet,
+            int_info: None,
+        })
     }
 }

@@ -13,7 +13,7 @@ use dmq_sched::{NoiseSource, SamplerKind, SchedError, ScheduleConfig, Scheduler}
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::ModelArgs;
+use super::{ExecArgs, ExecMode, ModelArgs};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Sampler {
@@ -46,6 +46,8 @@ pub struct SampleArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
+    pub exec: ExecArgs,
+    #[command(flatten)]
     pub protocol: ProtocolArgs,
     /// Number of images.
     #[arg(long, default_value_t = 16)]
@@ -70,9 +72,10 @@ pub fn protocol(
     p: &ProtocolArgs,
     class: Option<u32>,
     model: &ModelArgs,
+    exec: ExecMode,
     timesteps: &[usize],
 ) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "model": model_name,
         "sampler": format!("{:?}", p.sampler).to_lowercase(),
         "steps": timesteps.len(),
@@ -82,7 +85,13 @@ pub fn protocol(
         "dtype": model.dtype,
         "device": model.device,
         "timesteps": timesteps,
-    })
+    });
+    // Integer and simulated images differ slightly, so a folder holds one or the other; `sim`
+    // adds no key so folders written before `--exec` existed still resume.
+    if exec != ExecMode::Sim {
+        v["exec"] = json!(exec.name());
+    }
+    v
 }
 
 pub fn image_path(dir: &Path, i: usize) -> PathBuf {
@@ -331,7 +340,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if args.num == 0 || args.batch == 0 {
         bail!("--num and --batch must be at least 1");
     }
-    let (pipeline, unet) = args.model.load()?;
+    let loaded = args.model.load_exec(args.exec.exec)?;
+    let (pipeline, unet) = (loaded.pipeline, loaded.unet);
     let sched = scheduler_for(&pipeline, &args.protocol)?;
     let job = SampleJob {
         unet: &unet,
@@ -341,6 +351,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
             &args.protocol,
             args.class,
             &args.model,
+            args.exec.exec,
             sched.timesteps(),
         ),
         seed: args.protocol.seed,
