@@ -271,15 +271,15 @@ pub struct IntModelInfo {
     pub sim_layers: Vec<String>,
     /// Bytes of the integer layers (packed codes, steps, zero points, weight sums, biases).
     pub packed_bytes: usize,
-    /// Float weight elements the integer layers replaced (no longer held in memory).
+    /// Float weight and bias elements the integer layers replaced (no longer held as tensors).
     pub replaced_float_elements: usize,
     /// Instruction set of the kernels.
     pub isa: Option<Isa>,
 }
 
 impl IntModelInfo {
-    /// Bytes of weights the model holds: f32 tensors of every parameter not replaced (biases of
-    /// integer layers included, which their packed form also copies) plus the packed form.
+    /// Bytes of weights the model holds: f32 tensors of every parameter not replaced plus the
+    /// integer layers (packed codes, steps, zero points, weight sums and their f32 biases).
     pub fn resident_weight_bytes(&self, num_params: u64) -> u64 {
         let float = num_params.saturating_sub(self.replaced_float_elements as u64);
         4 * float + self.packed_bytes as u64
@@ -336,7 +336,8 @@ pub fn install_int(
             (Some(w), Some(a)) => {
                 let exec = IntExec::new(&layer.layer_ref(), w, a, isa)?;
                 info.packed_bytes += exec.layer.resident_bytes();
-                info.replaced_float_elements += layer.layer_ref().weight.elem_count();
+                info.replaced_float_elements += layer.layer_ref().weight.elem_count()
+                    + layer.layer_ref().bias.map_or(0, |b| b.elem_count());
                 drop_float_weight(&mut layer)?;
                 layer.set_exec(Some(Arc::new(exec)));
                 info.int_layers.push(path);
@@ -371,17 +372,31 @@ pub fn install_int(
     Ok(info)
 }
 
-/// Replaces a layer's float weight by a zero-stride view of one element with the same shape: the
-/// layer keeps reporting its shape (tracing, `inspect`) while the f32 copy is freed.
+/// Replaces a layer's float weight and bias by zero-stride views of one element with the same
+/// shapes: the layer keeps reporting its shapes (tracing, `inspect`) while the f32 copies are
+/// freed.
 fn drop_float_weight(layer: &mut LayerMut) -> Result<()> {
     let dims = layer.layer_ref().weight.dims().to_vec();
     let dtype = layer.layer_ref().weight.dtype();
     let placeholder = Tensor::zeros(1, dtype, &Device::Cpu)?
         .reshape(vec![1usize; dims.len()])?
         .broadcast_as(dims)?;
+    // The bias lives on in the integer layer (f32, added in its epilogue).
+    let bias = match layer.layer_ref().bias {
+        Some(b) => Some(
+            Tensor::zeros(1, b.dtype(), &Device::Cpu)?.broadcast_as(b.dims())?,
+        ),
+        None => None,
+    };
     match layer {
-        LayerMut::Conv(c) => c.weight = placeholder,
-        LayerMut::Linear(l) => l.weight = placeholder,
+        LayerMut::Conv(c) => {
+            c.weight = placeholder;
+            c.bias = bias;
+        }
+        LayerMut::Linear(l) => {
+            l.weight = placeholder;
+            l.bias = bias;
+        }
     }
     Ok(())
 }

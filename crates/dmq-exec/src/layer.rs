@@ -56,13 +56,14 @@ pub struct PartWeight {
     pub zero_point: Vec<i32>,
 }
 
-/// Per-segment precomputed weight sums.
+/// Per-segment precomputed weight sums, in i32 to keep the resident size down (at most
+/// `MAX_SEGMENT_K` terms of magnitude `|w − z_w|`; checked when the layer is built).
 #[derive(Debug, Clone)]
 struct SegmentSums {
     /// `W_s[n] = Σ_{c ∈ s, t} (w − z_w[n])`.
-    total: Vec<i64>,
+    total: Vec<i32>,
     /// `[n][t]`: `Σ_{c ∈ s} (w − z_w[n])` of tap `t`.
-    per_tap: Vec<i64>,
+    per_tap: Vec<i32>,
 }
 
 /// A layer ready for integer execution.
@@ -204,10 +205,24 @@ impl IntLayer {
                         }
                     }
                 }
-                let total = per_tap.chunks(taps).map(|r| r.iter().sum()).collect();
-                SegmentSums { total, per_tap }
+                let total: Vec<i64> = per_tap.chunks(taps).map(|r| r.iter().sum()).collect();
+                let narrow = |v: Vec<i64>| -> Result<Vec<i32>> {
+                    v.into_iter()
+                        .map(|x| {
+                            i32::try_from(x).map_err(|_| {
+                                ExecError::Shape(format!(
+                                    "weight sum {x} does not fit i32 (weight zero points too far outside the code range)"
+                                ))
+                            })
+                        })
+                        .collect()
+                };
+                Ok(SegmentSums {
+                    total: narrow(total)?,
+                    per_tap: narrow(per_tap)?,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             name: name.to_string(),
             geometry,
@@ -240,7 +255,7 @@ impl IntLayer {
         let sums: usize = self
             .sums
             .iter()
-            .map(|s| 8 * (s.total.len() + s.per_tap.len()))
+            .map(|s| 4 * (s.total.len() + s.per_tap.len()))
             .sum();
         self.weight.storage_bytes() + params + sums + 4 * self.bias.as_ref().map_or(0, Vec::len)
     }
@@ -438,7 +453,7 @@ impl IntLayer {
                 .zip(&self.sums)
                 .map(|(q, sums)| {
                     let za = i64::from(q.zero_point);
-                    sums.total.iter().map(|&w| -za * w).collect()
+                    sums.total.iter().map(|&w| -za * i64::from(w)).collect()
                 })
                 .collect(),
             padfix: quants
@@ -589,7 +604,7 @@ impl IntLayer {
                                     let mut ptaps = 0i64;
                                     let mut mask = pad_mask[li];
                                     while mask != 0 {
-                                        ptaps += per_tap[mask.trailing_zeros() as usize];
+                                        ptaps += i64::from(per_tap[mask.trailing_zeros() as usize]);
                                         mask &= mask - 1;
                                     }
                                     vs -= epi.padfix[si] * ptaps;

@@ -16,9 +16,12 @@
 //!   exactly where the simulated path's exec sits, and [`exec::load_int`] builds a whole model
 //!   from an artifact.
 //!
-//! Room for DMQ's own transforms: LES (a per-input-channel scale γ) is folded into the weights
-//! before quantization and into the input's step; power-of-two scaling is a per-segment left
-//! shift of the integer sums ([`packed::Segment::shift`]) on input channels grouped by factor.
+//! Room for DMQ's own transforms (not implemented here: no artifact carries them yet). LES's
+//! per-input-channel γ folds into the weights before quantization (the codes are those of
+//! `W⊙γ`) and into the quantizer as a per-channel step `γ_c·Δ` (the same one division per value
+//! the quantizer does now). Power-of-two scaling is a per-segment left shift of the integer sums
+//! ([`packed::Segment::shift`], implemented and tested in the kernels' driver) over input
+//! channels grouped by factor, each group quantized with step `Δ·2^shift`.
 
 pub mod error;
 pub mod exec;
