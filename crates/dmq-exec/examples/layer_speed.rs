@@ -62,7 +62,9 @@ fn main() {
         )
         .unwrap();
         let n = batch * cin * res * res;
-        let x: Vec<f32> = (0..n).map(|i| ((i * 31 % 97) as f32 - 40.0) * 0.01).collect();
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 31 % 97) as f32 - 40.0) * 0.01)
+            .collect();
         let dims = [batch, cin, res, res];
         let q = ActQuant::new(0.01, 40, 8).unwrap();
         let macs = (batch * cout * cin * taps * res * res) as f64;
@@ -76,18 +78,18 @@ fn main() {
         );
         for isa in Isa::available().into_iter().rev().take(2) {
             let t = time(|| layer.forward(isa, &x, &dims, &[q]).unwrap());
-            print!(
-                "; {isa} {:.1} ms ({:.1} GMAC/s)",
-                t * 1e3,
-                macs / t / 1e9
-            );
+            print!("; {isa} {:.1} ms ({:.1} GMAC/s)", t * 1e3, macs / t / 1e9);
         }
         let segs = layer.segments().to_vec();
         let tq = time(|| {
             dmq_exec::quantize::quantize_input(
                 Isa::Avx512Vnni,
                 &x,
-                dmq_exec::quantize::InputLayout::Nchw { batch, height: res, width: res },
+                dmq_exec::quantize::InputLayout::Nchw {
+                    batch,
+                    height: res,
+                    width: res,
+                },
                 k / 2,
                 &segs,
                 &[q],

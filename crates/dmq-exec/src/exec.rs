@@ -383,9 +383,7 @@ fn drop_float_weight(layer: &mut LayerMut) -> Result<()> {
         .broadcast_as(dims)?;
     // The bias lives on in the integer layer (f32, added in its epilogue).
     let bias = match layer.layer_ref().bias {
-        Some(b) => Some(
-            Tensor::zeros(1, b.dtype(), &Device::Cpu)?.broadcast_as(b.dims())?,
-        ),
+        Some(b) => Some(Tensor::zeros(1, b.dtype(), &Device::Cpu)?.broadcast_as(b.dims())?),
         None => None,
     };
     match layer {

@@ -84,6 +84,8 @@ pub type SegmentSpec = (usize, usize, u8, usize);
 impl IntLayer {
     /// Builds a layer from weight codes in the float weight's order `[C_out][C_in][kh][kw]`, one
     /// [`PartWeight`] per part and the input-channel segments (each naming its part).
+    // The arguments are the layer's description, each used once; a builder would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: &str,
         geometry: Geometry,
@@ -409,7 +411,7 @@ impl IntLayer {
         } else {
             Vec::new()
         };
-        let ints_ptr = with_ints.then(|| SyncPtr(ints.as_mut_ptr()));
+        let ints_ptr = with_ints.then_some(SyncPtr(ints.as_mut_ptr()));
         self.run(
             isa,
             &qin,
@@ -497,6 +499,7 @@ impl IntLayer {
     /// # Safety
     /// `out` (and `ints`) must point at the layer's whole output (and integer sums); positions
     /// `range` are written by this call only.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn run_chunk(
         &self,
         isa: Isa,
@@ -669,6 +672,7 @@ unsafe impl<T> Sync for SyncPtr<T> {}
 /// (codes of the valid taps only, no storage offset, no padding code), per part, as exact i64
 /// sums; the f32 output uses the same final scaling as the layer. Everything the kernels compute
 /// is checked against this.
+#[allow(clippy::too_many_arguments)]
 pub fn reference_forward(
     layer_codes: &[u8],
     geometry: Geometry,

@@ -157,7 +157,7 @@ impl PackedWeight {
         let offset: i16 = if bits == 8 { 128 } else { 0 };
         let blocks = out_channels.div_ceil(NB);
         let rows_per_block = taps * padded_channels / KQ;
-        let mut unpacked = vec![0i8; ROW];
+        let mut unpacked = [0i8; ROW];
         let row_bytes = match storage {
             Storage::Bytes => ROW,
             Storage::Nibbles => ROW / 2,

@@ -106,7 +106,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    if args.batch_sizes.iter().any(|&b| b == 0) {
+    if args.batch_sizes.contains(&0) {
         bail!("--batch-sizes must be at least 1");
     }
     if args.exec.is_empty() {
