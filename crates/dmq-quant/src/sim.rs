@@ -14,6 +14,7 @@ use dmq_model::ctx::Ctx;
 use dmq_model::layers::{LayerExec, LayerKind, LayerRef};
 use dmq_model::ModelError;
 
+use crate::fused::FakeQuantPerTensor;
 use crate::uniform::{QuantError, UniformParams};
 
 /// Activation parameters of one layer input, one set per calibrated sampling step.
@@ -108,8 +109,9 @@ impl LayerActivation {
         Self::new(None, vec![act])
     }
 
-    /// Fake quantization of one part, with the step's `(Δ, z)` cached on `x`'s device. Equal to
-    /// [`UniformParams::fake_quant`] (same ops, same compute dtype).
+    /// Fake quantization of one part: fused in f32 ([`FakeQuantPerTensor`]), else composed with
+    /// the step's `(Δ, z)` cached on `x`'s device. Equal to [`UniformParams::fake_quant`] either
+    /// way (same IEEE ops, same compute dtype).
     fn quantize_part(
         &self,
         part: usize,
@@ -125,6 +127,13 @@ impl LayerActivation {
         } else {
             DType::F32
         };
+        let err = |e: QuantError| ModelError::Source(format!("{path}: {e}"));
+        if dt == DType::F32 && params.scale.len() == 1 {
+            // One fused pass (bit-identical to the composed version below).
+            let op = FakeQuantPerTensor::new(params).map_err(err)?;
+            let xc = x.detach().to_dtype(dt)?;
+            return Ok(op.forward(&xc).map_err(err)?.to_dtype(x.dtype())?);
+        }
         let key = (
             part,
             set,
@@ -132,7 +141,6 @@ impl LayerActivation {
             x.rank(),
             format!("{:?}", x.device().location()),
         );
-        let err = |e: QuantError| ModelError::Source(format!("{path}: {e}"));
         let (d, z) = {
             let mut cache = self.cache.0.lock().expect("activation cache lock");
             match cache.get(&key) {
