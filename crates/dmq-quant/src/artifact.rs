@@ -11,6 +11,11 @@
 //!                            {path}.w{k}.zero_point  i64 [C_out]
 //!                            {path}.a{k}.scale       f32 [S]      activation step per sampling step
 //!                            {path}.a{k}.zero_point  i64 [S]
+//!                            {path}.a{k}.shift       u8 [S, C_k]  PTS: channel c of part k at
+//!                                                    step s uses step Δ_s·2^(−shift) (DMQ)
+//!                            {path}.les.gamma        f32 [C_in]   LES: the layer quantizes x/γ
+//!                                                    (per-input-channel factor of the
+//!                                                    activation step; codes are of W·γ)
 //! Q/float.safetensors      every other tensor of the checkpoint (biases, norms, float layers), f32
 //! ```
 //!
@@ -31,7 +36,10 @@ use crate::sim::{LayerActivation, PerStepActivation, SimQuantExec};
 use crate::uniform::UniformParams;
 
 pub const FORMAT: &str = "dmq-quantized";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added PTS shifts and LES scales (optional); version 1 artifacts still load.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this code reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -79,6 +87,9 @@ pub struct ActivationEntry {
     pub split: Option<usize>,
     /// Calibrated sampling-step indices of each part (same for every part in practice).
     pub steps: Vec<Vec<usize>>,
+    /// Per-channel power-of-two step factors per step (`{path}.a{k}.shift`).
+    #[serde(default)]
+    pub pts: bool,
 }
 
 /// One conv/linear layer of the model in the manifest (float layers are listed too).
@@ -91,6 +102,13 @@ pub struct LayerEntry {
     pub activation: Option<ActivationEntry>,
     /// `‖Ŵ − W‖ / ‖W‖` of the quantized weight.
     pub weight_rel_error: Option<f64>,
+    /// LES: the layer computes on `x/γ` with `{path}.les.gamma`, its codes are of `W·γ`.
+    #[serde(default)]
+    pub equivalent_scale: bool,
+    /// LES `γ` of this layer folded into another layer (`to_out.0` into `to_v`): nothing to do
+    /// at run time, recorded for the reader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_folded_into: Option<String>,
 }
 
 /// `manifest.json`.
@@ -117,6 +135,8 @@ pub struct Manifest {
 pub struct QuantLayer {
     pub weight: Option<QuantWeight>,
     pub activation: Option<LayerActivation>,
+    /// LES `γ` (`[C_in]`, f32, CPU): the layer quantizes `x/γ`; its weight codes are of `W·γ`.
+    pub equivalent_scale: Option<Tensor>,
 }
 
 /// Serialises the quantized layers into the tensors of `quant.safetensors`.
@@ -153,7 +173,24 @@ pub fn layer_tensors(layers: &BTreeMap<String, QuantLayer>) -> Result<HashMap<St
                     axis: Some(0),
                 };
                 insert_params(&mut out, &format!("{path}.a{k}"), &per_step)?;
+                if let Some(shifts) = &part.shifts {
+                    let c = shifts.first().map_or(0, |v| v.len());
+                    if shifts.len() != part.params.len() || shifts.iter().any(|v| v.len() != c) {
+                        return Err(bad(path, format!("part {k}: ragged PTS shifts")));
+                    }
+                    let flat: Vec<u8> = shifts.concat();
+                    out.insert(
+                        format!("{path}.a{k}.shift"),
+                        Tensor::from_vec(flat, (shifts.len(), c), &cpu)?,
+                    );
+                }
             }
+        }
+        if let Some(g) = &l.equivalent_scale {
+            out.insert(
+                format!("{path}.les.gamma"),
+                g.to_dtype(DType::F32)?.to_device(&cpu)?,
+            );
         }
     }
     Ok(out)
@@ -181,8 +218,11 @@ pub fn layer_entry(path: &str, shape: &[usize], l: Option<&QuantLayer>) -> Resul
         weight: None,
         activation: None,
         weight_rel_error: None,
+        equivalent_scale: false,
+        scale_folded_into: None,
     };
     let Some(l) = l else { return Ok(e) };
+    e.equivalent_scale = l.equivalent_scale.is_some();
     if let Some(w) = &l.weight {
         e.weight = Some(WeightEntry {
             bits: w.bits(),
@@ -202,6 +242,7 @@ pub fn layer_entry(path: &str, shape: &[usize], l: Option<&QuantLayer>) -> Resul
             bits: a.parts[0].params[0].bits,
             split: a.split,
             steps: a.parts.iter().map(|p| p.steps.clone()).collect(),
+            pts: a.parts.iter().any(|p| p.shifts.is_some()),
         });
     }
     Ok(e)
@@ -331,15 +372,57 @@ pub fn layer_from(
                     .map(|(&s, &z)| UniformParams::per_tensor(s, z, a.bits))
                     .collect::<crate::uniform::Result<Vec<_>>>()
                     .map_err(|e| bad(e.to_string()))?;
-                parts.push(PerStepActivation {
-                    steps: steps.clone(),
-                    params,
-                });
+                let mut act = PerStepActivation::new(steps.clone(), params);
+                if a.pts {
+                    let t = take(tensors, file, &e.path, &format!("{prefix}.shift"))?;
+                    let (rows, c) = t.dims2().map_err(|_| {
+                        bad(format!("`{prefix}.shift` must be 2-D [steps, channels]"))
+                    })?;
+                    if rows != steps.len() {
+                        return Err(bad(format!(
+                            "`{prefix}.shift` has {rows} rows for {} steps",
+                            steps.len()
+                        )));
+                    }
+                    let v: Vec<Vec<u8>> = t.to_dtype(DType::U8)?.to_vec2()?;
+                    if v.iter().flatten().any(|&s| s > 7) {
+                        return Err(bad(format!("`{prefix}.shift` holds a shift above 7")));
+                    }
+                    let _ = c;
+                    act.shifts = Some(v);
+                }
+                parts.push(act);
             }
             Some(LayerActivation::new(a.split, parts))
         }
     };
-    Ok(QuantLayer { weight, activation })
+    let equivalent_scale = if e.equivalent_scale {
+        let g =
+            take(tensors, file, &e.path, &format!("{}.les.gamma", e.path))?.to_dtype(DType::F32)?;
+        let c_in = e.shape.get(1).copied().unwrap_or(0);
+        if g.dims() != [c_in] {
+            return Err(bad(format!(
+                "`{}.les.gamma` has shape {:?}, the layer has {c_in} input channels",
+                e.path,
+                g.dims()
+            )));
+        }
+        let v: Vec<f32> = g.to_vec1()?;
+        if v.iter().any(|x| !x.is_finite() || *x == 0.0) {
+            return Err(bad(format!(
+                "`{}.les.gamma` holds zero or non-finite values",
+                e.path
+            )));
+        }
+        Some(g)
+    } else {
+        None
+    };
+    Ok(QuantLayer {
+        weight,
+        activation,
+        equivalent_scale,
+    })
 }
 
 /// Writes the artifact to `dir` (which must not exist, unless `overwrite`): `float` is the
@@ -430,11 +513,12 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
             format!("field `format` is `{}`, expected `{FORMAT}`", m.format),
         ));
     }
-    if m.format_version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&m.format_version) {
         return Err(file_err(
             &path,
             format!(
-                "field `format_version` is {}, this dmq reads version {FORMAT_VERSION}",
+                "field `format_version` is {}, this dmq reads versions \
+                 {MIN_FORMAT_VERSION} to {FORMAT_VERSION}",
                 m.format_version
             ),
         ));
@@ -492,6 +576,10 @@ fn install(
         if let Some(l) = layers.get(layer.path()) {
             seen += 1;
             let like = layer.layer_ref().weight.clone();
+            if let Some(g) = &l.equivalent_scale {
+                let g = g.to_dtype(like.dtype())?.to_device(like.device())?;
+                layer.set_input_scale(Some(g))?;
+            }
             let exec = SimQuantExec::with_weight(None, &like, l.activation.clone())
                 .map_err(|e| file_err(dir, e))?;
             layer.set_exec(Some(exec));

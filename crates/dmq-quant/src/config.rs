@@ -59,6 +59,22 @@
 //! act_lr = 0.0004
 //! act_loss_p = 2.4
 //!
+//! [les]                              # DMQ Learned Equivalent Scaling (§4); absent = off
+//! enabled = true
+//! iters = 6000                       # per layer; >= 1 when enabled
+//! batch = 32
+//! lr = 0.001                         # Adam, cosine-annealed to 0 over iters
+//! weighting = "adaptive"             # "adaptive" (§4.3) | "linear" | "uniform"
+//! momentum = 0.95                    # running per-step loss of "adaptive", in (0, 1)
+//! r = 20.0                           # exponent of "adaptive", slope of "linear", >= 0
+//! fold = true                        # fold γ into the producer layer where the graph allows
+//!
+//! [pts]                              # DMQ Power-of-Two Scaling with voting (§6); absent = off
+//! enabled = true
+//! layers = ["*.conv_shortcut"]       # globs of layers whose input (both split halves) gets PTS
+//! max_shift = 3                      # factors 2^-s, s = 0..=max_shift ({1, 1/2, 1/4, 1/8})
+//! threshold = 0.85                   # vote share κ needed to use the mode, in (0, 1]
+//!
 //! [layers]                           # §5
 //! keep_float = ["conv_in", "conv_out", "time_embedding.*", "*.time_emb_proj",
 //!               "*.attn_scores", "*.attn_values", "class_embedding.*"]
@@ -130,12 +146,15 @@ pub const FAST_ITERS: usize = 50;
 pub const FAST_RECON_BATCH: usize = 4;
 
 /// The recipes shipped in `configs/` (repository root), embedded at build time.
-const BUILTINS: [(&str, &str); 5] = [
+const BUILTINS: [(&str, &str); 8] = [
     ("rtn-w8a8", include_str!("../../../configs/rtn-w8a8.toml")),
     ("rtn-w4a8", include_str!("../../../configs/rtn-w4a8.toml")),
     ("base-w8a8", include_str!("../../../configs/base-w8a8.toml")),
     ("base-w4a8", include_str!("../../../configs/base-w4a8.toml")),
     ("base-w4a6", include_str!("../../../configs/base-w4a6.toml")),
+    ("dmq-w8a8", include_str!("../../../configs/dmq-w8a8.toml")),
+    ("dmq-w4a8", include_str!("../../../configs/dmq-w4a8.toml")),
+    ("dmq-w4a6", include_str!("../../../configs/dmq-w4a6.toml")),
 ];
 
 /// A problem with a recipe, naming the file (or `configs/<name>.toml (built-in)`) and the field.
@@ -459,6 +478,92 @@ impl Default for LayerSelection {
     }
 }
 
+/// How the LES loss weights the calibrated sampling steps (§4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeWeighting {
+    /// `w = (1 − share)^r`, share = the step's part of the running per-step loss (the reference).
+    Adaptive,
+    /// The paper's static alternative `w_k = 1 + (1 − k/K)·r` (step position k of K).
+    Linear,
+    /// Every step weighs 1.
+    Uniform,
+}
+
+/// `[les]`: DMQ's Learned Equivalent Scaling (§4), layer by layer on full-precision inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LesConfig {
+    pub enabled: bool,
+    /// Adam iterations per layer (6000).
+    pub iters: usize,
+    /// Mini-batch drawn at random from all calibration samples (32).
+    pub batch: usize,
+    /// Initial learning rate, cosine-annealed to 0 (1e-3).
+    pub lr: f64,
+    pub weighting: TimeWeighting,
+    /// Momentum of the running per-step loss of `adaptive` (0.95).
+    pub momentum: f64,
+    /// Exponent `r` of `adaptive` / slope of `linear` (20).
+    pub r: f64,
+    /// Fold `γ` into the layer that produces the input where the graph allows (an attention
+    /// output projection's `γ` into the value projection); elsewhere it stays a per-input-channel
+    /// factor of the activation step.
+    pub fold: bool,
+}
+
+impl Default for LesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            iters: 6000,
+            batch: 32,
+            lr: 1e-3,
+            weighting: TimeWeighting::Adaptive,
+            momentum: 0.95,
+            r: 20.0,
+            fold: true,
+        }
+    }
+}
+
+/// `[pts]`: DMQ's Power-of-Two Scaling of activation steps, chosen per channel and sampling
+/// step by voting (§6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PtsConfig {
+    pub enabled: bool,
+    /// Globs of the layers whose input quantizers get PTS (the ResBlock shortcuts, §6.1).
+    pub layers: Vec<String>,
+    /// Largest shift: candidate factors `2^-s` for `s = 0..=max_shift` (3: {1, 1/2, 1/4, 1/8}).
+    pub max_shift: u8,
+    /// Share of samples that must agree on a channel's best factor (κ = 0.85).
+    pub threshold: f64,
+}
+
+impl Default for PtsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            layers: vec!["*.conv_shortcut".into()],
+            max_shift: 3,
+            threshold: 0.85,
+        }
+    }
+}
+
+impl PtsConfig {
+    /// Whether the layer at `path` gets PTS.
+    pub fn applies_to(&self, path: &str) -> bool {
+        self.enabled
+            && self.layers.iter().any(|p| {
+                glob(p)
+                    .map(|g| g.compile_matcher().is_match(path))
+                    .unwrap_or(false)
+            })
+    }
+}
+
 /// One `[[overrides]]` entry: values for every layer whose path matches `pattern`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -493,6 +598,12 @@ pub struct QuantConfig {
     pub calibration: CalibrationConfig,
     #[serde(default)]
     pub reconstruction: ReconstructionConfig,
+    /// DMQ's LES; `None` (section absent): off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub les: Option<LesConfig>,
+    /// DMQ's PTS; `None` (section absent): off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pts: Option<PtsConfig>,
     #[serde(default)]
     pub layers: LayerSelection,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -510,6 +621,8 @@ impl Default for QuantConfig {
             activations: ActivationConfig::default(),
             calibration: CalibrationConfig::default(),
             reconstruction: ReconstructionConfig::default(),
+            les: None,
+            pts: None,
             layers: LayerSelection::default(),
             overrides: Vec::new(),
         }
@@ -1005,6 +1118,38 @@ impl QuantConfig {
             unbounded,
         )?;
 
+        if let Some(l) = &self.les {
+            if l.enabled {
+                require(
+                    file,
+                    "les.iters",
+                    l.iters >= 1,
+                    "must be at least 1 when les.enabled = true",
+                )?;
+            }
+            require(file, "les.batch", l.batch >= 1, "must be at least 1")?;
+            check_float(file, "les.lr", l.lr, positive, unbounded)?;
+            check_float(file, "les.momentum", l.momentum, (0.0, true), (1.0, true))?;
+            check_float(file, "les.r", l.r, (0.0, false), unbounded)?;
+        }
+        if let Some(p) = &self.pts {
+            for (i, g) in p.layers.iter().enumerate() {
+                glob(g).map_err(|e| QuantConfigError::Field {
+                    file: file.into(),
+                    field: format!("pts.layers[{i}]"),
+                    message: format!("invalid pattern: {e}"),
+                })?;
+            }
+            check_range(file, "pts.max_shift", p.max_shift, 0, 7, "must be 0..=7")?;
+            check_float(
+                file,
+                "pts.threshold",
+                p.threshold,
+                (0.0, true),
+                (1.0, false),
+            )?;
+        }
+
         for (i, p) in self.layers.keep_float.iter().enumerate() {
             glob(p).map_err(|e| QuantConfigError::Field {
                 file: file.into(),
@@ -1193,6 +1338,10 @@ impl QuantConfig {
         r.iters = r.iters.min(FAST_ITERS);
         r.act_iters = r.act_iters.min(FAST_ITERS);
         r.batch = r.batch.min(FAST_RECON_BATCH);
+        if let Some(l) = &mut c.les {
+            l.iters = l.iters.min(FAST_ITERS);
+            l.batch = l.batch.min(FAST_RECON_BATCH);
+        }
         if !c.name.ends_with("-fast") {
             c.name.push_str("-fast");
         }

@@ -22,7 +22,6 @@ pub struct FakeQuantPerTensor {
 impl FakeQuantPerTensor {
     /// The op of per-tensor `params` (one step, one zero point).
     pub fn new(params: &UniformParams) -> Result<Self> {
-        validate_bits(params.bits)?;
         if params.scale.len() != 1 || params.zero_point.len() != 1 {
             return Err(QuantError::InvalidParams(format!(
                 "fused fake quantization is per tensor; got {} steps and {} zero points",
@@ -30,14 +29,18 @@ impl FakeQuantPerTensor {
                 params.zero_point.len()
             )));
         }
-        let delta = params.scale[0];
+        Self::from_parts(params.scale[0], params.zero_point[0], params.bits)
+    }
+
+    /// The op of step `delta`, zero point `z` and `bits`.
+    pub fn from_parts(delta: f32, z: i32, bits: u8) -> Result<Self> {
+        validate_bits(bits)?;
         if !(delta.is_finite() && delta > 0.0) {
             return Err(QuantError::InvalidParams(format!(
                 "step {delta} is not positive and finite"
             )));
         }
         // Zero points are integers; |z| < 2^24 keeps them exact in f32.
-        let z = params.zero_point[0];
         if z.unsigned_abs() >= 1 << 24 {
             return Err(QuantError::InvalidParams(format!(
                 "zero point {z} does not fit f32 exactly"
@@ -46,7 +49,7 @@ impl FakeQuantPerTensor {
         Ok(Self {
             delta,
             zero: z as f32,
-            qmax: qmax(params.bits) as f32,
+            qmax: qmax(bits) as f32,
         })
     }
 

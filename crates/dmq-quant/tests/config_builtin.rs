@@ -9,12 +9,15 @@ use dmq_quant::config::{
     FAST_SAMPLES_PER_STEP, FAST_STEPS_SAMPLED, FORMAT_VERSION,
 };
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 8] = [
     "rtn-w8a8",
     "rtn-w4a8",
     "base-w8a8",
     "base-w4a8",
     "base-w4a6",
+    "dmq-w8a8",
+    "dmq-w4a8",
+    "dmq-w4a6",
 ];
 
 fn configs_dir() -> PathBuf {
@@ -233,6 +236,12 @@ fn fast_scales_calibration_and_iterations_down() {
         back.reconstruction.iters = full.reconstruction.iters;
         back.reconstruction.act_iters = full.reconstruction.act_iters;
         back.reconstruction.batch = full.reconstruction.batch;
+        if let (Some(b), Some(f)) = (back.les.as_mut(), full.les.as_ref()) {
+            assert_eq!(b.iters, FAST_ITERS.min(f.iters), "{name}");
+            assert_eq!(b.batch, FAST_RECON_BATCH.min(f.batch), "{name}");
+            b.iters = f.iters;
+            b.batch = f.batch;
+        }
         assert_eq!(back, full, "{name}");
         // idempotent, and never raises a value that is already small
         assert_eq!(fast.fast(), fast);

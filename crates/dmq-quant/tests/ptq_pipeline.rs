@@ -188,6 +188,8 @@ fn base_recipe_reconstructs_resumes_and_reloads_exactly() {
         units: Vec::new(),
         weight_rel_error: BTreeMap::new(),
         stage_seconds: Vec::new(),
+        float_replaced: BTreeMap::new(),
+        scale_folded: BTreeMap::new(),
     };
     assert_eq!(codes(&reread), codes(&full));
     let eps_loaded = eps_at_step(&loaded, &set);

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use dmq_quant::artifact::{self, Manifest};
 use dmq_quant::calib::{self, CalibSpec};
-use dmq_quant::config::{QuantConfig, Sampler as CalibSampler, Trajectories};
+use dmq_quant::config::{QuantConfig, Sampler as CalibSampler, TimeWeighting, Trajectories};
 use dmq_quant::ptq::{self, Progress, PtqOptions};
 
 use super::sample::{scheduler_for, write_json_atomic, ProtocolArgs, Sampler};
@@ -23,8 +23,8 @@ use super::ModelArgs;
 pub struct QuantizeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A built-in recipe (rtn-w8a8, rtn-w4a8, base-w8a8, base-w4a8, base-w4a6) or a recipe file
-    /// (.toml or .json).
+    /// A built-in recipe (rtn-w8a8, rtn-w4a8, base-w8a8, base-w4a8, base-w4a6, dmq-w8a8,
+    /// dmq-w4a8, dmq-w4a6) or a recipe file (.toml or .json).
     #[arg(long, short = 'r', default_value = "base-w4a8")]
     pub recipe: String,
     /// The recipe's quick variant: fewer calibration samples and reconstruction iterations
@@ -34,6 +34,19 @@ pub struct QuantizeArgs {
     /// Override the recipe's reconstruction iterations per unit [default: the recipe's].
     #[arg(long)]
     pub iters: Option<usize>,
+    /// Override the recipe's LES iterations per layer (DMQ recipes) [default: the recipe's].
+    #[arg(long)]
+    pub les_iters: Option<usize>,
+    /// Override the recipe's LES time-step weighting: adaptive, linear or uniform (DMQ
+    /// ablations) [default: the recipe's].
+    #[arg(long)]
+    pub les_weighting: Option<String>,
+    /// Turn the recipe's LES off (DMQ ablations).
+    #[arg(long, default_value_t = false)]
+    pub no_les: bool,
+    /// Turn the recipe's power-of-two scaling off (DMQ ablations).
+    #[arg(long, default_value_t = false)]
+    pub no_pts: bool,
     /// Output folder of the quantized model.
     #[arg(long, short = 'o', default_value = "quantized")]
     pub out: PathBuf,
@@ -131,6 +144,48 @@ fn model_fingerprint(pipeline: &dmq_model::Pipeline) -> Result<String> {
     Ok(calib::fingerprint(&[cfg.as_bytes(), &weights]))
 }
 
+/// `--les-iters`, `--les-weighting`, `--no-les`, `--no-pts`: each changes the recipe's name so
+/// artifacts and reports say what ran.
+fn apply_method_flags(cfg: &mut QuantConfig, args: &QuantizeArgs) -> Result<()> {
+    let needs_les = |flag: &str, cfg: &QuantConfig| -> Result<()> {
+        if cfg.les.as_ref().is_some_and(|l| l.enabled) {
+            Ok(())
+        } else {
+            bail!("{flag}: recipe `{}` has no [les] section", cfg.name)
+        }
+    };
+    if let Some(n) = args.les_iters {
+        needs_les("--les-iters", cfg)?;
+        if n == 0 {
+            bail!("--les-iters must be at least 1");
+        }
+        cfg.les.as_mut().expect("checked").iters = n;
+        cfg.name = format!("{}-les{n}", cfg.name);
+    }
+    if let Some(w) = &args.les_weighting {
+        needs_les("--les-weighting", cfg)?;
+        let kind: TimeWeighting = serde_json::from_value(json!(w)).map_err(|_| {
+            anyhow::anyhow!("--les-weighting {w}: expected adaptive, linear or uniform")
+        })?;
+        cfg.les.as_mut().expect("checked").weighting = kind;
+        cfg.name = format!("{}-{w}", cfg.name);
+    }
+    if args.no_les {
+        needs_les("--no-les", cfg)?;
+        cfg.les = None;
+        cfg.name = format!("{}-noles", cfg.name);
+    }
+    if args.no_pts {
+        if !cfg.pts.as_ref().is_some_and(|p| p.enabled) {
+            bail!("--no-pts: recipe `{}` has no [pts] section", cfg.name);
+        }
+        cfg.pts = None;
+        cfg.name = format!("{}-nopts", cfg.name);
+    }
+    cfg.validate()?;
+    Ok(())
+}
+
 pub fn run(args: QuantizeArgs) -> Result<()> {
     let started = Instant::now();
     let mut cfg = load_recipe(&args.recipe, args.fast)?;
@@ -141,6 +196,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         cfg.reconstruction.iters = iters;
         cfg.name = format!("{}-iters{iters}", cfg.name);
     }
+    apply_method_flags(&mut cfg, &args)?;
     ptq::check_supported(&cfg)?;
     if cfg.calibration.trajectories != Trajectories::Shared {
         bail!(
@@ -236,7 +292,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         capture_budget_bytes: args.capture_mib.max(1) << 20,
         run_fingerprint,
     };
-    let outcome = ptq::quantize(&mut unet, &cfg, &set, &opts, &mut bars)?;
+    let mut hooks = dmq_methods::dmq::hooks_for(&cfg);
+    let outcome = ptq::quantize_with(&mut unet, &cfg, &set, &opts, hooks.as_mut(), &mut bars)?;
+    let method_report = hooks.report();
     if let Some(b) = bars.bar.take() {
         b.finish();
     }
@@ -250,6 +308,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         let q = outcome.layers.get(&path);
         let mut e = artifact::layer_entry(&path, &shape, q)?;
         e.weight_rel_error = outcome.weight_rel_error.get(&path).copied();
+        e.scale_folded_into = outcome.scale_folded.get(&path).cloned();
         layers_json.push(json!({
             "path": path,
             "weight_bits": e.weight.as_ref().map(|w| w.bits),
@@ -281,6 +340,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         "total_seconds": total_seconds,
         "device": args.model.device,
         "dtype": args.model.dtype,
+        "method": method_report,
     });
     let manifest_out = Manifest {
         format: artifact::FORMAT.to_string(),
@@ -292,7 +352,10 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         layers: entries,
         extra: extra.clone(),
     };
-    let float = pipeline.open_unet_weights(&Device::Cpu, DType::F32)?;
+    let mut float = pipeline.open_unet_weights(&Device::Cpu, DType::F32)?;
+    for (name, t) in &outcome.float_replaced {
+        float.insert(name, t.clone())?;
+    }
     let sched_text = pipeline.scheduler_config_text().ok().map(|(_, t)| t);
     artifact::save(
         &args.out,
@@ -308,6 +371,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         "model": pipeline.name,
         "layers": layers_json,
         "units": outcome.units,
+        "method": extra["method"],
         "stage_seconds": extra["stage_seconds"],
         "total_seconds": total_seconds,
         "artifact_bytes": folder_bytes(&args.out),
