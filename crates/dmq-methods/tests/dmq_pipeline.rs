@@ -23,7 +23,7 @@ fn recipe() -> QuantConfig {
     c.reconstruction.batch = 4;
     c.activations.ema_batch = 4;
     let les = c.les.as_mut().unwrap();
-    les.iters = 20;
+    les.iters = 10;
     les.batch = 4;
     les.lr = 0.01;
     c

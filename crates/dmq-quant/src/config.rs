@@ -142,6 +142,9 @@ pub const FAST_SAMPLES_PER_STEP: usize = 8;
 pub const FAST_STEPS_SAMPLED: usize = 10;
 /// `--fast`: reconstruction iterations per unit (AdaRound and the activation-step stage).
 pub const FAST_ITERS: usize = 50;
+/// `--fast`: LES iterations per layer (every weight-quantized layer learns its own scale, ~3× as
+/// many layers as reconstruction units, and each step differentiates through the input).
+pub const FAST_LES_ITERS: usize = 10;
 /// `--fast`: reconstruction mini-batch.
 pub const FAST_RECON_BATCH: usize = 4;
 
@@ -1339,7 +1342,7 @@ impl QuantConfig {
         r.act_iters = r.act_iters.min(FAST_ITERS);
         r.batch = r.batch.min(FAST_RECON_BATCH);
         if let Some(l) = &mut c.les {
-            l.iters = l.iters.min(FAST_ITERS);
+            l.iters = l.iters.min(FAST_LES_ITERS);
             l.batch = l.batch.min(FAST_RECON_BATCH);
         }
         if !c.name.ends_with("-fast") {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use dmq_quant::config::{
     ActRange, Granularity, QuantConfig, QuantConfigError, ReconInputs, ReconUnit, Rounding,
-    Sampler, Trajectories, WeightRange, DEFAULT_KEEP_FLOAT, FAST_ITERS, FAST_RECON_BATCH,
-    FAST_SAMPLES_PER_STEP, FAST_STEPS_SAMPLED, FORMAT_VERSION,
+    Sampler, Trajectories, WeightRange, DEFAULT_KEEP_FLOAT, FAST_ITERS, FAST_LES_ITERS,
+    FAST_RECON_BATCH, FAST_SAMPLES_PER_STEP, FAST_STEPS_SAMPLED, FORMAT_VERSION,
 };
 
 const NAMES: [&str; 8] = [
@@ -237,7 +237,7 @@ fn fast_scales_calibration_and_iterations_down() {
         back.reconstruction.act_iters = full.reconstruction.act_iters;
         back.reconstruction.batch = full.reconstruction.batch;
         if let (Some(b), Some(f)) = (back.les.as_mut(), full.les.as_ref()) {
-            assert_eq!(b.iters, FAST_ITERS.min(f.iters), "{name}");
+            assert_eq!(b.iters, FAST_LES_ITERS.min(f.iters), "{name}");
             assert_eq!(b.batch, FAST_RECON_BATCH.min(f.batch), "{name}");
             b.iters = f.iters;
             b.batch = f.batch;
