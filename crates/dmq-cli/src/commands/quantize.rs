@@ -291,6 +291,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         calibration,
         layers: entries,
         extra: extra.clone(),
+        ptqd: None,
     };
     let float = pipeline.open_unet_weights(&Device::Cpu, DType::F32)?;
     let sched_text = pipeline.scheduler_config_text().ok().map(|(_, t)| t);
