@@ -362,24 +362,22 @@ pub fn write_png(path: &Path, report: &serde_json::Value) -> Result<()> {
             x_label: x_label.into(),
             y_label: "std / RMS".into(),
             log_y: true,
+            // log axis: zeros (an exact model, σ' = 0 after VSC) are left out, not clamped
             series: vec![
-                series(&rows, "sigma_q", |r| r["sigma_q"].as_f64()),
+                series(&rows, "sigma_q", |r| positive(&r["sigma_q"])),
                 series(&rows, "RMS error before correction", |r| {
-                    r["err_mse"].as_f64().map(f64::sqrt)
+                    positive(&r["err_mse"]).map(f64::sqrt)
                 }),
                 series(&rows, "RMS error after CNC+BC", |r| {
-                    r["corrected_mse"].as_f64().map(f64::sqrt)
+                    positive(&r["corrected_mse"]).map(f64::sqrt)
                 }),
                 series(&rows, "sampler std (scheduled)", |r| {
-                    r["vsc"]["scheduled_std"].as_f64().filter(|v| *v > 0.0)
+                    positive(&r["vsc"]["scheduled_std"])
                 }),
                 series(&rows, "sampler std (after VSC)", |r| {
-                    r["vsc"]["std"].as_f64().filter(|v| *v > 0.0)
+                    positive(&r["vsc"]["std"])
                 }),
-            ]
-            .into_iter()
-            .filter(|s| !s.points.is_empty())
-            .collect(),
+            ],
         },
     ];
     if rows[0].get("snr_q_by_bits").is_some() {
@@ -388,11 +386,12 @@ pub fn write_png(path: &Path, report: &serde_json::Value) -> Result<()> {
             .map(|a| a.iter().filter_map(|p| p[0].as_u64()).collect())
             .unwrap_or_default();
         let mut s = vec![series(&rows, "SNR^F (diffusion input)", |r| {
-            r["snr_fp"].as_f64()
+            positive(&r["snr_fp"])
         })];
         for (j, b) in widths.iter().enumerate() {
+            // an infinite SNR (zero residual) is written as null and left out
             s.push(series(&rows, &format!("SNR^Q at A{b}"), move |r| {
-                r["snr_q_by_bits"][j][1].as_f64()
+                positive(&r["snr_q_by_bits"][j][1])
             }));
         }
         charts.push(LineChart {
@@ -406,6 +405,10 @@ pub fn write_png(path: &Path, report: &serde_json::Value) -> Result<()> {
             series: s,
         });
     }
+    for c in &mut charts {
+        c.series.retain(|s| !s.points.is_empty());
+    }
+    charts.retain(|c| !c.series.is_empty());
     let (w, h) = (1200u32, 420u32);
     let parent = path.parent().unwrap_or(Path::new("."));
     let mut panels = Vec::new();
@@ -430,7 +433,12 @@ pub fn write_png(path: &Path, report: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// `A4 x0-37, A8 x38-99` from the rows' `act_bits`.
+/// A finite value > 0, for log axes.
+fn positive(v: &serde_json::Value) -> Option<f64> {
+    v.as_f64().filter(|x| x.is_finite() && *x > 0.0)
+}
+
+/// `A4 steps 0-37, A8 steps 38-99` from the rows' `act_bits`.
 fn compress_bits(rows: &[serde_json::Value]) -> String {
     let mut runs: Vec<(u64, u64, u64)> = Vec::new();
     for r in rows {
@@ -446,4 +454,48 @@ fn compress_bits(rows: &[serde_json::Value]) -> String {
         .map(|(b, s, e)| format!("A{b} steps {s}-{e}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(step: usize, sigma: f64, mixed: bool) -> serde_json::Value {
+        let mut r = json!({
+            "step": step, "timestep": 900 - 100 * step, "k": 0.01 * step as f64,
+            "k_raw": 0.01 * step as f64 - 0.005, "bias": [0.01, -0.02, 0.0],
+            "mean_abs_bias": 0.01, "sigma_q": sigma, "err_mse": sigma * sigma * 1.2,
+            "corrected_mse": sigma * sigma, "snr_fp": 0.1 * (step + 1) as f64,
+            "vsc": { "scheduled_std": 0.0, "std": 0.0, "unabsorbed_variance": 0.0 },
+        });
+        if mixed {
+            r["act_bits"] = json!(if step < 2 { 4 } else { 8 });
+            r["snr_q_by_bits"] = json!([[4, 0.25], [8, null]]);
+        }
+        r
+    }
+
+    #[test]
+    fn report_png_has_a_panel_per_quantity_and_survives_exact_models() {
+        let tmp = tempfile::tempdir().unwrap();
+        let report = |sigma: f64, mixed: bool| {
+            json!({ "statistics": "ddim-4-eta0-leading", "samples": 2,
+                    "steps": (0..4).map(|i| row(i, sigma, mixed)).collect::<Vec<_>>() })
+        };
+        let p = tmp.path().join("a.png");
+        write_png(&p, &report(0.1, true)).unwrap();
+        let img = image::open(&p).unwrap();
+        assert_eq!((img.width(), img.height()), (1200, 4 * 420));
+        // an exact quantized model: σ_q = 0 everywhere; the log panel has nothing to show
+        let p = tmp.path().join("b.png");
+        write_png(&p, &report(0.0, false)).unwrap();
+        assert_eq!(image::open(&p).unwrap().height(), 2 * 420);
+        // no temporary panels left beside it
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
+        assert!(write_png(&tmp.path().join("c.png"), &json!({"steps": []})).is_err());
+        assert_eq!(
+            compress_bits(&report(0.1, true)["steps"].as_array().unwrap().clone()),
+            "A4 steps 0-1, A8 steps 2-3"
+        );
+    }
 }
