@@ -4,3 +4,4 @@
 //! correction and variance-schedule calibration) and Qua2SeDiMo (sensitivity, mixed precision).
 
 pub mod dmq;
+pub mod ptqd;

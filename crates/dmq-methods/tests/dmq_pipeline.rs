@@ -163,6 +163,7 @@ fn dmq_scales_folds_votes_resumes_and_reloads_exactly() {
         calibration: serde_json::json!({ "steps": 10 }),
         layers: entries,
         extra: serde_json::Value::Null,
+        ptqd: None,
     };
     let mut float = pipeline
         .open_unet_weights(&Device::Cpu, DType::F32)

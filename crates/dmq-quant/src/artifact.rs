@@ -17,7 +17,13 @@
 //!                                                    (per-input-channel factor of the
 //!                                                    activation step; codes are of W·γ)
 //! Q/float.safetensors      every other tensor of the checkpoint (biases, norms, float layers), f32
+//! Q/ptqd.safetensors       optional: PTQD's noise statistics (manifest section `ptqd`, written by
+//!                          dmq-methods' `ptqd::store`); artifacts without it load as before
 //! ```
+//!
+//! Activation parameters may differ in bit width from step to step (PTQD's step-aware mixed
+//! precision): the manifest then lists each step's width in `activation.step_bits`, and
+//! `activation.bits` is the widest.
 //!
 //! Written to a temporary folder and renamed, so a folder named Q is always complete. Loading
 //! dequantizes with the same function calibration used ([`QuantWeight::dequantize`]), so the
@@ -83,6 +89,7 @@ pub struct WeightEntry {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActivationEntry {
+    /// The bit width of every step, or the widest when `step_bits` is given.
     pub bits: u8,
     pub split: Option<usize>,
     /// Calibrated sampling-step indices of each part (same for every part in practice).
@@ -90,6 +97,10 @@ pub struct ActivationEntry {
     /// Per-channel power-of-two step factors per step (`{path}.a{k}.shift`).
     #[serde(default)]
     pub pts: bool,
+    /// Bit width of each step of each part, when they differ (step-aware mixed precision);
+    /// absent otherwise, and in artifacts written before mixed precision existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_bits: Option<Vec<Vec<u8>>>,
 }
 
 /// One conv/linear layer of the model in the manifest (float layers are listed too).
@@ -128,7 +139,15 @@ pub struct Manifest {
     /// Anything a method adds (reconstruction losses, timings): free-form.
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// PTQD's statistics and the sampling protocols they are valid for, with its tensors in
+    /// [`PTQD_FILE`]; its layout belongs to `dmq_methods::ptqd::store`. `None` for artifacts
+    /// without PTQD (and every artifact written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ptqd: Option<serde_json::Value>,
 }
+
+/// The file of PTQD's tensors in an artifact folder.
+pub const PTQD_FILE: &str = "ptqd.safetensors";
 
 /// What a quantized layer holds in memory.
 #[derive(Debug, Clone)]
@@ -238,11 +257,31 @@ pub fn layer_entry(path: &str, shape: &[usize], l: Option<&QuantLayer>) -> Resul
         });
     }
     if let Some(a) = &l.activation {
+        let step_bits: Vec<Vec<u8>> = a
+            .parts
+            .iter()
+            .map(|p| p.params.iter().map(|q| q.bits).collect())
+            .collect();
+        let widest = step_bits.iter().flatten().copied().max();
+        let first = a
+            .parts
+            .first()
+            .and_then(|p| p.params.first())
+            .map(|p| p.bits);
+        let (Some(widest), Some(first)) = (widest, first) else {
+            return Err(ArtifactError::Layer {
+                path: PathBuf::from("manifest.json"),
+                layer: path.to_string(),
+                message: "activation quantizer without parameter sets".into(),
+            });
+        };
+        let mixed = step_bits.iter().flatten().any(|&b| b != first);
         e.activation = Some(ActivationEntry {
-            bits: a.parts[0].params[0].bits,
+            bits: widest,
             split: a.split,
             steps: a.parts.iter().map(|p| p.steps.clone()).collect(),
             pts: a.parts.iter().any(|p| p.shifts.is_some()),
+            step_bits: mixed.then_some(step_bits),
         });
     }
     Ok(e)
@@ -354,6 +393,18 @@ pub fn layer_from(
                     a.split
                 )));
             }
+            if let Some(sb) = &a.step_bits {
+                let ok = sb.len() == a.steps.len()
+                    && sb.iter().zip(&a.steps).all(|(b, s)| b.len() == s.len())
+                    && sb.iter().flatten().all(|&b| b <= a.bits);
+                if !ok {
+                    return Err(bad(format!(
+                        "activation.step_bits {sb:?} does not match its steps {:?} (or exceeds \
+                         bits = {})",
+                        a.steps, a.bits
+                    )));
+                }
+            }
             let mut parts = Vec::new();
             for (k, steps) in a.steps.iter().enumerate() {
                 let prefix = format!("{}.a{k}", e.path);
@@ -365,11 +416,13 @@ pub fn layer_from(
                         steps.len()
                     )));
                 }
+                let bits_of = |i: usize| a.step_bits.as_ref().map_or(a.bits, |sb| sb[k][i]);
                 let params = all
                     .scale
                     .iter()
                     .zip(&all.zero_point)
-                    .map(|(&s, &z)| UniformParams::per_tensor(s, z, a.bits))
+                    .enumerate()
+                    .map(|(i, (&s, &z))| UniformParams::per_tensor(s, z, bits_of(i)))
                     .collect::<crate::uniform::Result<Vec<_>>>()
                     .map_err(|e| bad(e.to_string()))?;
                 let mut act = PerStepActivation::new(steps.clone(), params);
@@ -524,6 +577,45 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
         ));
     }
     Ok(m)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+}
+
+/// Replaces the PTQD part of the artifact in `dir`: [`PTQD_FILE`] holds `tensors`, and the
+/// manifest's `ptqd` section becomes `section`. The tensor file is written first and the
+/// manifest last (each through a temporary file and a rename), so an interrupted update leaves
+/// the previous manifest; writers keep the tensor names of sets they do not change, so that
+/// manifest still finds its tensors. Returns the new manifest.
+pub fn write_ptqd(
+    dir: &Path,
+    section: serde_json::Value,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<Manifest> {
+    let mut m = read_manifest(dir)?;
+    let file = dir.join(PTQD_FILE);
+    let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
+    let cpu: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    candle_core::safetensors::save(&cpu, &tmp).map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, &file).map_err(|e| file_err(&file, e))?;
+    m.ptqd = Some(section);
+    let text = serde_json::to_string_pretty(&m).map_err(|e| file_err(dir, e))?;
+    replace_file(&dir.join("manifest.json"), text.as_bytes())?;
+    Ok(m)
+}
+
+/// The tensors of [`PTQD_FILE`] in `dir`, on the CPU (an error naming the file when it is
+/// missing or unreadable: call this only for manifests with a `ptqd` section).
+pub fn read_ptqd_tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let file = dir.join(PTQD_FILE);
+    candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| file_err(&file, e))
 }
 
 /// The quantized layers of the artifact in `dir`, on the CPU.

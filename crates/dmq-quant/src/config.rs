@@ -80,6 +80,13 @@
 //!               "*.attn_scores", "*.attn_values", "class_embedding.*"]
 //! split_skip = true
 //!
+//! [ptqd]                             # optional: PTQD on top of the recipe (docs/methods-ptqd.md)
+//! parts = ["cnc", "bc", "vsc"]       # corrections applied when sampling, unless chosen there
+//! samples = 64                       # FP trajectories the noise statistics are measured on
+//! seed = 1                           # their noise seed
+//! batch = 32                         # trajectories run together
+//! mixed_act_bits = []                # lower activation bit widths for step-aware mixed precision
+//!
 //! [[overrides]]                      # later entries win
 //! pattern = "up_blocks.*.conv_shortcut"
 //! weight_bits = 8                    # each of these four is optional
@@ -147,9 +154,11 @@ pub const FAST_ITERS: usize = 50;
 pub const FAST_LES_ITERS: usize = 10;
 /// `--fast`: reconstruction mini-batch.
 pub const FAST_RECON_BATCH: usize = 4;
+/// `--fast`: FP trajectories of PTQD's noise statistics.
+pub const FAST_PTQD_SAMPLES: usize = 8;
 
 /// The recipes shipped in `configs/` (repository root), embedded at build time.
-const BUILTINS: [(&str, &str); 8] = [
+const BUILTINS: [(&str, &str); 11] = [
     ("rtn-w8a8", include_str!("../../../configs/rtn-w8a8.toml")),
     ("rtn-w4a8", include_str!("../../../configs/rtn-w4a8.toml")),
     ("base-w8a8", include_str!("../../../configs/base-w8a8.toml")),
@@ -158,6 +167,12 @@ const BUILTINS: [(&str, &str); 8] = [
     ("dmq-w8a8", include_str!("../../../configs/dmq-w8a8.toml")),
     ("dmq-w4a8", include_str!("../../../configs/dmq-w4a8.toml")),
     ("dmq-w4a6", include_str!("../../../configs/dmq-w4a6.toml")),
+    ("ptqd-w4a8", include_str!("../../../configs/ptqd-w4a8.toml")),
+    ("ptqd-w4a6", include_str!("../../../configs/ptqd-w4a6.toml")),
+    (
+        "ptqd-w4a8-mp",
+        include_str!("../../../configs/ptqd-w4a8-mp.toml"),
+    ),
 ];
 
 /// A problem with a recipe, naming the file (or `configs/<name>.toml (built-in)`) and the field.
@@ -585,6 +600,71 @@ pub struct Override {
     pub keep_float: Option<bool>,
 }
 
+/// One of PTQD's sampler-side corrections (spec `docs/methods/ptqd.md` §2.2-2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PtqdPart {
+    /// Correlated noise correction: divide by `1 + k_t`.
+    Cnc,
+    /// Bias correction: subtract the per-channel mean of the residual error.
+    Bc,
+    /// Variance schedule calibration: lower the sampler's noise by the residual variance.
+    Vsc,
+}
+
+impl PtqdPart {
+    pub const ALL: [PtqdPart; 3] = [PtqdPart::Cnc, PtqdPart::Bc, PtqdPart::Vsc];
+
+    /// `cnc`, `bc` or `vsc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PtqdPart::Cnc => "cnc",
+            PtqdPart::Bc => "bc",
+            PtqdPart::Vsc => "vsc",
+        }
+    }
+
+    /// Parses one name (as [`PtqdPart::name`] writes it).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+/// `[ptqd]`: PTQD (He et al. 2023) on top of the recipe: noise statistics of the quantized model
+/// measured against the full-precision one along FP trajectories of the calibration protocol,
+/// the corrections applied when sampling, and optional step-aware mixed precision of the
+/// activations. What dmq does exactly: `docs/methods-ptqd.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PtqdConfig {
+    /// Corrections applied when sampling unless the user chooses others; unique entries.
+    pub parts: Vec<PtqdPart>,
+    /// FP trajectories along which the statistics are measured (64; the reference code uses
+    /// 1024 trajectories of 20 steps, dmq's protocol has 100 steps per trajectory).
+    pub samples: usize,
+    /// Seed of those trajectories (1, not the calibration seed 0: the statistics are then not
+    /// measured on the trajectories the activation ranges were fitted to).
+    pub seed: u64,
+    /// Trajectories run together (32).
+    pub batch: usize,
+    /// Lower activation bit widths offered to step-aware mixed precision, each below
+    /// `activations.bits` (empty: off). Per sampling step the lowest width whose SNR passes the
+    /// paper's criterion is used, else `activations.bits`.
+    pub mixed_act_bits: Vec<u8>,
+}
+
+impl Default for PtqdConfig {
+    fn default() -> Self {
+        Self {
+            parts: PtqdPart::ALL.to_vec(),
+            samples: 64,
+            seed: 1,
+            batch: 32,
+            mixed_act_bits: Vec::new(),
+        }
+    }
+}
+
 /// A whole recipe. See the module documentation for the schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -611,6 +691,10 @@ pub struct QuantConfig {
     pub layers: LayerSelection,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<Override>,
+    /// PTQD on top of the recipe; `None`: no PTQD (absent from the serialized recipe then, so
+    /// recipes and artifacts written before PTQD existed read and fingerprint the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ptqd: Option<PtqdConfig>,
 }
 
 impl Default for QuantConfig {
@@ -628,6 +712,7 @@ impl Default for QuantConfig {
             pts: None,
             layers: LayerSelection::default(),
             overrides: Vec::new(),
+            ptqd: None,
         }
     }
 }
@@ -1152,6 +1237,45 @@ impl QuantConfig {
                 (1.0, false),
             )?;
         }
+        if let Some(p) = &self.ptqd {
+            for (i, part) in p.parts.iter().enumerate() {
+                require(
+                    file,
+                    &format!("ptqd.parts[{i}]"),
+                    !p.parts[..i].contains(part),
+                    format!("\"{}\" is listed twice", part.name()),
+                )?;
+            }
+            require(file, "ptqd.samples", p.samples >= 1, "must be at least 1")?;
+            require(file, "ptqd.batch", p.batch >= 1, "must be at least 1")?;
+            require(
+                file,
+                "ptqd.mixed_act_bits",
+                p.mixed_act_bits.is_empty() || self.activations.bits < ACT_FLOAT_BITS,
+                "mixed precision picks among activation quantizers: activations.bits must be \
+                 below 16",
+            )?;
+            for (i, &b) in p.mixed_act_bits.iter().enumerate() {
+                let field = format!("ptqd.mixed_act_bits[{i}]");
+                check_range(
+                    file,
+                    &field,
+                    b,
+                    ACT_BITS.0,
+                    self.activations.bits.saturating_sub(1),
+                    &format!(
+                        "must be 2..activations.bits ({}): the lower widths offered per step",
+                        self.activations.bits
+                    ),
+                )?;
+                require(
+                    file,
+                    &field,
+                    !p.mixed_act_bits[..i].contains(&b),
+                    format!("{b} is listed twice"),
+                )?;
+            }
+        }
 
         for (i, p) in self.layers.keep_float.iter().enumerate() {
             glob(p).map_err(|e| QuantConfigError::Field {
@@ -1322,7 +1446,8 @@ impl QuantConfig {
 
     /// The `--fast` variant: at most [`FAST_SAMPLES_PER_STEP`] samples at each of at most
     /// [`FAST_STEPS_SAMPLED`] calibrated steps, at most [`FAST_ITERS`] reconstruction iterations
-    /// per unit (both stages) on mini-batches of at most [`FAST_RECON_BATCH`]; everything else
+    /// per unit (both stages) on mini-batches of at most [`FAST_RECON_BATCH`], at most
+    /// [`FAST_PTQD_SAMPLES`] PTQD trajectories; everything else
     /// (bits, layer selection, sampler, β schedule as fractions of the iterations) unchanged. The
     /// name gets the suffix `-fast`.
     ///
@@ -1344,6 +1469,9 @@ impl QuantConfig {
         if let Some(l) = &mut c.les {
             l.iters = l.iters.min(FAST_LES_ITERS);
             l.batch = l.batch.min(FAST_RECON_BATCH);
+        }
+        if let Some(p) = &mut c.ptqd {
+            p.samples = p.samples.min(FAST_PTQD_SAMPLES);
         }
         if !c.name.ends_with("-fast") {
             c.name.push_str("-fast");

@@ -165,6 +165,7 @@ fn base_recipe_reconstructs_resumes_and_reloads_exactly() {
         calibration: serde_json::json!({ "steps": 10 }),
         layers: entries,
         extra: serde_json::Value::Null,
+        ptqd: None,
     };
     let q = tmp.path().join("q");
     let float = pipeline

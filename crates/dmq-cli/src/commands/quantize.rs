@@ -11,12 +11,18 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use dmq_methods::ptqd::{run_after_quantize, AfterQuantize, Parts, Protocol, PtqdSection};
 use dmq_quant::artifact::{self, Manifest};
 use dmq_quant::calib::{self, CalibSpec};
-use dmq_quant::config::{QuantConfig, Sampler as CalibSampler, TimeWeighting, Trajectories};
+use dmq_quant::config::{
+    PtqdConfig, QuantConfig, Sampler as CalibSampler, TimeWeighting, Trajectories,
+};
 use dmq_quant::ptq::{self, Progress, PtqOptions};
+use dmq_sched::OutputCorrection;
 
-use super::sample::{scheduler_for, write_json_atomic, ProtocolArgs, Sampler};
+use super::sample::{
+    sampler_kind, schedule_config, scheduler_for, write_json_atomic, ProtocolArgs, Sampler,
+};
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -24,7 +30,7 @@ pub struct QuantizeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// A built-in recipe (rtn-w8a8, rtn-w4a8, base-w8a8, base-w4a8, base-w4a6, dmq-w8a8,
-    /// dmq-w4a8, dmq-w4a6) or a recipe file (.toml or .json).
+    /// dmq-w4a8, dmq-w4a6, ptqd-w4a8, ptqd-w4a6, ptqd-w4a8-mp) or a recipe file (.toml or .json).
     #[arg(long, short = 'r', default_value = "base-w4a8")]
     pub recipe: String,
     /// The recipe's quick variant: fewer calibration samples and reconstruction iterations
@@ -72,12 +78,45 @@ pub struct QuantizeArgs {
     /// end (preview.png, PSNR in report.json); 0 skips it.
     #[arg(long, default_value_t = 8)]
     pub preview: usize,
+    /// PTQD on top of the recipe: the quantized model's noise-prediction error is measured
+    /// against the full-precision model along FP trajectories of the calibration protocol
+    /// (correlation k_t, per-channel bias, residual σ_q per step), stored in the artifact and
+    /// corrected when sampling. Uses the recipe's [ptqd] section, or PTQD's defaults (all parts,
+    /// 64 trajectories, seed 1) when it has none; the ptqd-* recipes have it on already.
+    #[arg(long, default_value_t = false)]
+    pub ptqd: bool,
+    /// PTQD corrections the artifact applies when sampled, unless `dmq sample --ptqd-parts`
+    /// says otherwise: `all`, `none`, or a comma-separated subset of cnc (correlated noise
+    /// correction), bc (bias correction), vsc (variance schedule calibration; no-op at eta 0)
+    /// [default: the recipe's ptqd.parts, i.e. cnc,bc,vsc].
+    #[arg(long)]
+    pub ptqd_parts: Option<String>,
+    /// FP trajectories PTQD's statistics are measured on [default: the recipe's ptqd.samples:
+    /// 64, 8 with --fast].
+    #[arg(long)]
+    pub ptqd_samples: Option<usize>,
 }
 
 /// An indicatif bar per stage.
-struct Bars {
+pub struct Bars {
     bar: Option<ProgressBar>,
     started: Instant,
+}
+
+impl Bars {
+    pub fn new() -> Self {
+        Self {
+            bar: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Ends the current stage's bar.
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
 }
 
 impl Progress for Bars {
@@ -133,7 +172,7 @@ fn cache_root(arg: &Option<PathBuf>) -> PathBuf {
 }
 
 /// sha256 of the UNet config and weights: identity of the model for caches and checkpoints.
-fn model_fingerprint(pipeline: &dmq_model::Pipeline) -> Result<String> {
+pub fn model_fingerprint(pipeline: &dmq_model::Pipeline) -> Result<String> {
     let cfg = pipeline.unet_config.read_to_string()?;
     let weights: Vec<u8> = match &pipeline.unet_weights {
         dmq_model::source::FileRef::Path(p) => {
@@ -197,6 +236,37 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         cfg.name = format!("{}-iters{iters}", cfg.name);
     }
     apply_method_flags(&mut cfg, &args)?;
+    if args.ptqd && cfg.ptqd.is_none() {
+        cfg.ptqd = Some(PtqdConfig {
+            samples: if args.fast {
+                dmq_quant::config::FAST_PTQD_SAMPLES
+            } else {
+                PtqdConfig::default().samples
+            },
+            ..PtqdConfig::default()
+        });
+        cfg.name = format!("{}+ptqd", cfg.name);
+    }
+    if args.ptqd_parts.is_some() || args.ptqd_samples.is_some() {
+        let Some(p) = cfg.ptqd.as_mut() else {
+            bail!(
+                "--ptqd-parts/--ptqd-samples configure PTQD: add --ptqd or use a recipe with a \
+                 [ptqd] section"
+            );
+        };
+        if let Some(parts) = &args.ptqd_parts {
+            p.parts = Parts::parse(parts)
+                .with_context(|| format!("--ptqd-parts {parts}"))?
+                .to_list();
+        }
+        if let Some(n) = args.ptqd_samples {
+            if n == 0 {
+                bail!("--ptqd-samples must be at least 1");
+            }
+            p.samples = n;
+        }
+    }
+    cfg.validate()?;
     ptq::check_supported(&cfg)?;
     if cfg.calibration.trajectories != Trajectories::Shared {
         bail!(
@@ -280,10 +350,16 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     if args.restart && ckpt.exists() {
         std::fs::remove_dir_all(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
     }
+    // PTQD runs after the base and changes nothing in it: checkpoints of the same recipe without
+    // [ptqd] are the same run.
+    let base_recipe = QuantConfig {
+        ptqd: None,
+        ..cfg.clone()
+    };
     let run_fingerprint = calib::fingerprint(&[
         fingerprint.as_bytes(),
         serde_json::to_string(&manifest)?.as_bytes(),
-        cfg.to_json().as_bytes(),
+        base_recipe.to_json().as_bytes(),
         format!("{:?}", unet.dtype()).as_bytes(),
     ]);
     let opts = PtqOptions {
@@ -293,10 +369,59 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         run_fingerprint,
     };
     let mut hooks = dmq_methods::dmq::hooks_for(&cfg);
-    let outcome = ptq::quantize_with(&mut unet, &cfg, &set, &opts, hooks.as_mut(), &mut bars)?;
+    let mut outcome = ptq::quantize_with(&mut unet, &cfg, &set, &opts, hooks.as_mut(), &mut bars)?;
     let method_report = hooks.report();
-    if let Some(b) = bars.bar.take() {
-        b.finish();
+    bars.finish();
+
+    // PTQD: statistics against the FP model (and the mixed-precision choice) on the quantized
+    // model as it now is.
+    let mut ptqd_stage = None;
+    if let Some(settings) = &cfg.ptqd {
+        let (_, fp) = args.model.load()?;
+        let protocol_kind = sampler_kind(&protocol)?;
+        let stage = run_after_quantize(
+            AfterQuantize {
+                fp: &fp,
+                quantized: &mut unet,
+                layers: &mut outcome.layers,
+                recipe: &cfg,
+                settings,
+                calib: &set,
+                sched: &*sched,
+                protocol: Protocol::of(protocol_kind, &schedule_config(&pipeline)?, &*sched),
+            },
+            &mut || {
+                args.model
+                    .load()
+                    .map(|(_, m)| m)
+                    .map_err(|e| dmq_methods::ptqd::PtqdError::Stats(format!("{e:#}")))
+            },
+            &mut bars,
+        )?;
+        bars.finish();
+        outcome
+            .stage_seconds
+            .push(("PTQD".to_string(), stage.seconds));
+        let f = &stage.set.steps;
+        bars.message(&format!(
+            "PTQD: k_t {:.4}..{:.4}, sigma_q {:.4}..{:.4} over {} steps{}",
+            f.iter().map(|s| s.fit.k).fold(f64::INFINITY, f64::min),
+            f.iter().map(|s| s.fit.k).fold(0.0, f64::max),
+            f.iter()
+                .map(|s| s.fit.sigma_q)
+                .fold(f64::INFINITY, f64::min),
+            f.iter().map(|s| s.fit.sigma_q).fold(0.0, f64::max),
+            f.len(),
+            match &stage.choices {
+                Some(c) => format!(
+                    ", mixed precision: {} of {} steps at the lower width",
+                    c.iter().filter(|c| c.bits < cfg.activations.bits).count(),
+                    c.len()
+                ),
+                None => String::new(),
+            }
+        ));
+        ptqd_stage = Some((stage, Parts::from_list(&settings.parts)));
     }
 
     // The artifact.
@@ -351,6 +476,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         calibration,
         layers: entries,
         extra: extra.clone(),
+        ptqd: None,
     };
     let mut float = pipeline.open_unet_weights(&Device::Cpu, DType::F32)?;
     for (name, t) in &outcome.float_replaced {
@@ -366,6 +492,13 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         &float,
         args.overwrite,
     )?;
+    if let Some((stage, parts)) = &ptqd_stage {
+        PtqdSection {
+            default_parts: *parts,
+            sets: vec![stage.set.clone()],
+        }
+        .write(&args.out)?;
+    }
     let report = json!({
         "recipe": cfg.name,
         "model": pipeline.name,
@@ -378,63 +511,106 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
     let mut report = report;
+    let ptqd_correction = match &ptqd_stage {
+        Some((stage, parts)) if !parts.is_none() => {
+            Some(dmq_methods::ptqd::PtqdCorrection::new(&stage.set, *parts))
+        }
+        _ => None,
+    };
+    if let Some((stage, parts)) = &ptqd_stage {
+        report["ptqd"] =
+            super::ptqd::report_json(&stage.set, stage.choices.as_deref(), &*sched, *parts)?;
+    }
     if args.preview > 0 {
         let (_, fp) = args.model.load()?;
         let (psnr, picture) = preview(
             &fp,
             &unet,
+            ptqd_correction.as_ref().map(|c| c as &dyn OutputCorrection),
             &*sched,
             args.preview,
             cfg.calibration.seed,
             &mut bars,
         )?;
         dmq_eval::images::save_png_atomic(&picture, &args.out.join("preview.png"))?;
+        let rows = if psnr.len() > 1 {
+            "top FP, middle quantized, bottom quantized + PTQD"
+        } else {
+            "top FP, bottom quantized"
+        };
         bars.message(&format!(
-            "preview: {} images, PSNR {psnr:.2} dB against the full-precision model (preview.png: top FP, bottom quantized)",
-            args.preview
+            "preview: {} images, PSNR {:.2} dB against the full-precision model{} (preview.png: {rows})",
+            args.preview,
+            psnr[0],
+            psnr.get(1)
+                .map(|p| format!(", {p:.2} dB with PTQD ({})", ptqd_stage.as_ref().map_or(String::new(), |(_, p)| p.to_string())))
+                .unwrap_or_default(),
         ));
-        report["preview"] =
-            json!({ "images": args.preview, "psnr_mean_db": psnr, "seed": cfg.calibration.seed });
+        report["preview"] = json!({ "images": args.preview, "psnr_mean_db": psnr[0], "seed": cfg.calibration.seed });
+        if let Some(p) = psnr.get(1) {
+            report["preview"]["psnr_mean_db_ptqd"] = json!(p);
+        }
     }
     write_json_atomic(&args.out.join("report.json"), &report)?;
     super::quantize_report::write_png(&args.out.join("report.png"), &report)?;
+    if report.get("ptqd").is_some() {
+        super::ptqd::write_png(&args.out.join("report-ptqd.png"), &report["ptqd"])?;
+    }
     // The run is complete: its checkpoints are no longer needed.
     let _ = std::fs::remove_dir_all(&ckpt);
     summary(&report, &args.out);
     Ok(())
 }
 
-/// The same `n` seeds sampled by both models: mean PSNR and a picture (FP row above quantized).
+/// The same `n` seeds sampled by both models (and by the quantized one with `correction`, when
+/// given): mean PSNR against FP of each quantized row and a picture (FP row on top).
 fn preview(
     fp: &dmq_model::UNet2DModel,
     q: &dmq_model::UNet2DModel,
+    correction: Option<&dyn OutputCorrection>,
     sched: &dyn dmq_sched::Scheduler,
     n: usize,
     seed: u64,
     bars: &mut Bars,
-) -> Result<(f64, image::RgbImage)> {
+) -> Result<(Vec<f64>, image::RgbImage)> {
     let res = fp
         .config
         .sample_size
         .context("config.json has no sample_size")?;
     let noise = dmq_sched::NoiseSource::new(seed);
     let idx: Vec<usize> = (0..n).collect();
-    bars.stage("preview", 2 * sched.timesteps().len() as u64);
+    let mut runs: Vec<(&dmq_model::UNet2DModel, Option<&dyn OutputCorrection>)> =
+        vec![(fp, None), (q, None)];
+    if correction.is_some() {
+        runs.push((q, correction));
+    }
+    bars.stage("preview", (runs.len() * sched.timesteps().len()) as u64);
     let mut rows = Vec::new();
-    for model in [fp, q] {
-        let x =
-            super::sample::sample_batch(model, sched, &noise, &idx, res, None, |_| bars.inc(1))?;
+    for (model, c) in runs {
+        let x = super::sample::sample_batch_corrected(
+            model,
+            sched,
+            &noise,
+            &idx,
+            res,
+            None,
+            |_| bars.inc(1),
+            c,
+        )?;
         rows.push(dmq_eval::images::to_rgb8(&x)?);
     }
-    if let Some(b) = bars.bar.take() {
-        b.finish();
-    }
-    let psnr = rows[0]
+    bars.finish();
+    let psnr: Vec<f64> = rows[1..]
         .iter()
-        .zip(&rows[1])
-        .map(|(a, b)| dmq_eval::fidelity::psnr(a, b))
-        .sum::<f64>()
-        / n as f64;
+        .map(|row| {
+            rows[0]
+                .iter()
+                .zip(row)
+                .map(|(a, b)| dmq_eval::fidelity::psnr(a, b))
+                .sum::<f64>()
+                / n as f64
+        })
+        .collect();
     let tiles: Vec<image::RgbImage> = rows.concat();
     let grid = dmq_eval::images::grid(&tiles, n);
     Ok((psnr, dmq_eval::images::upscale_to_width(&grid, 512)))
