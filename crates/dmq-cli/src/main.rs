@@ -27,6 +27,8 @@ enum Command {
     Fid(commands::fid::FidArgs),
     /// Quantize a model with a recipe; writes a quantized model folder and a per-layer report.
     Quantize(commands::quantize::QuantizeArgs),
+    /// Measure PTQD statistics of a quantized model for a sampling protocol and add them to it.
+    Ptqd(commands::ptqd::PtqdArgs),
     /// Time UNet forwards and sampling (images/s), and write the numbers as JSON.
     Bench(commands::bench::BenchArgs),
     /// Compare every tensor path (forward, sampling, backward, FID Inception) on a GPU with the CPU.
@@ -46,6 +48,7 @@ fn main() {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
+        Command::Ptqd(a) => commands::ptqd::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::FidStats(a) => commands::fid::run_stats(a),
         Command::Fid(a) => commands::fid::run_fid(a),

@@ -141,3 +141,233 @@ fn quantize_writes_an_artifact_that_sample_runs() {
     let err = fails(&dmq(&["quantize", "--recipe", r, "--out", qs], &cache));
     assert!(err.contains("bitz"), "{err}");
 }
+
+const TINY_PTQD: &str = r#"
+format_version = 1
+name = "tiny-ptqd"
+[weights]
+bits = 4
+range = "minmax"
+rounding = "nearest"
+[activations]
+bits = 8
+ema_batch = 2
+[calibration]
+steps = 4
+steps_sampled = 2
+samples_per_step = 2
+batch = 2
+[reconstruction]
+enabled = false
+[ptqd]
+samples = 2
+batch = 2
+mixed_act_bits = [4]
+"#;
+
+fn json_of(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// PTQD end to end: `quantize` with a [ptqd] section (mixed precision on) writes the statistics,
+/// the report and the per-step widths; `sample` applies the correction for the calibrated
+/// protocol, refuses another one until `dmq ptqd` adds statistics for it, honours
+/// `--ptqd-parts`, and VSC changes nothing at eta 0.
+#[test]
+fn ptqd_quantize_sample_and_recalibrate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let recipe = tmp.path().join("tiny-ptqd.toml");
+    std::fs::write(&recipe, TINY_PTQD).unwrap();
+    let q = tmp.path().join("q");
+    let (r, qs) = (recipe.to_str().unwrap(), q.to_str().unwrap());
+
+    // the PTQD switches need PTQD
+    let plain = tmp.path().join("plain.toml");
+    std::fs::write(&plain, TINY).unwrap();
+    let err = fails(&dmq(
+        &[
+            "quantize",
+            "--recipe",
+            plain.to_str().unwrap(),
+            "--ptqd-parts",
+            "cnc",
+            "--out",
+            qs,
+        ],
+        &cache,
+    ));
+    assert!(err.contains("--ptqd"), "{err}");
+    let err = fails(&dmq(
+        &[
+            "quantize",
+            "--recipe",
+            r,
+            "--ptqd-parts",
+            "cnc,foo",
+            "--out",
+            qs,
+        ],
+        &cache,
+    ));
+    assert!(err.contains("foo"), "{err}");
+
+    let err = ok(&dmq(
+        &["quantize", "--recipe", r, "--out", qs, "--preview", "1"],
+        &cache,
+    ));
+    assert!(err.contains("PTQD: k_t"), "{err}");
+    for f in ["ptqd.safetensors", "report-ptqd.png"] {
+        assert!(q.join(f).is_file(), "{f} missing");
+    }
+    let report = json_of(&q.join("report.json"));
+    let steps = report["ptqd"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4);
+    for s in steps {
+        assert!(s["k"].as_f64().unwrap() >= 0.0);
+        assert_eq!(s["bias"].as_array().unwrap().len(), 3);
+        assert!(s["sigma_q"].as_f64().unwrap() > 0.0);
+        assert!(s["mean_abs_bias"].as_f64().is_some());
+        let b = s["act_bits"].as_u64().unwrap();
+        assert!(b == 4 || b == 8, "{b}");
+    }
+    assert_eq!(report["ptqd"]["parts"], "cnc,bc,vsc");
+    assert!(report["preview"]["psnr_mean_db_ptqd"].as_f64().is_some());
+    let manifest = json_of(&q.join("manifest.json"));
+    assert_eq!(manifest["ptqd"]["sets"][0]["id"], "ddim-4-eta0-leading");
+    let widths: Vec<u64> = steps
+        .iter()
+        .map(|s| s["act_bits"].as_u64().unwrap())
+        .collect();
+    let mixed = widths.contains(&4) && widths.contains(&8);
+    let layer = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| !l["activation"].is_null())
+        .unwrap();
+    if mixed {
+        assert_eq!(
+            layer["activation"]["step_bits"][0]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            widths
+        );
+    }
+
+    // sampling with the calibrated protocol applies the recorded parts
+    let sample = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut a = vec![
+            "sample",
+            "--model",
+            qs,
+            "--steps",
+            "4",
+            "--num",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        (dmq(&a, &cache), out)
+    };
+    let (o, s_all) = sample("s-all", &[]);
+    assert!(ok(&o).contains("correcting with cnc,bc,vsc"));
+    assert_eq!(
+        json_of(&s_all.join("samples.json"))["protocol"]["ptqd"]["parts"],
+        "cnc,bc,vsc"
+    );
+    // VSC is a no-op at eta 0: same image without it
+    let (o, s_nv) = sample("s-novsc", &["--ptqd-parts", "cnc,bc"]);
+    ok(&o);
+    assert_eq!(
+        std::fs::read(s_all.join("000000.png")).unwrap(),
+        std::fs::read(s_nv.join("000000.png")).unwrap()
+    );
+    // another protocol is refused until statistics exist for it
+    let (o, _) = sample("s-eta1", &["--eta", "1"]);
+    let err = fails(&o);
+    assert!(
+        err.contains("eta 1 vs 0") && err.contains("dmq ptqd"),
+        "{err}"
+    );
+    let (o, _) = sample("s-eta1", &["--eta", "1", "--ptqd-parts", "none"]);
+    assert!(!ok(&o).contains("correcting"));
+    let err = ok(&dmq(
+        &[
+            "ptqd",
+            "--model",
+            qs,
+            "--steps",
+            "4",
+            "--eta",
+            "1",
+            "--samples",
+            "1",
+            "--batch",
+            "1",
+        ],
+        &cache,
+    ));
+    assert!(err.contains("2 sets"), "{err}");
+    assert!(q.join("report-ptqd-ddim-4-eta1-leading.png").is_file());
+    let (o, s1) = sample("s-eta1-ptqd", &["--eta", "1"]);
+    assert!(ok(&o).contains("eta 1"));
+    assert!(s1.join("000000.png").is_file());
+    // the switch on a model without statistics is an error
+    let err = fails(&dmq(
+        &[
+            "sample",
+            "--steps",
+            "4",
+            "--num",
+            "1",
+            "--out",
+            tmp.path().join("fp").to_str().unwrap(),
+            "--ptqd-parts",
+            "cnc",
+        ],
+        &cache,
+    ));
+    assert!(err.contains("no PTQD statistics"), "{err}");
+    // dmq ptqd needs an artifact
+    let err = fails(&dmq(&["ptqd", "--steps", "4"], &cache));
+    assert!(err.contains("artifact"), "{err}");
+}
+
+#[test]
+fn ptqd_flags_are_documented_with_defaults() {
+    let help = |cmd: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dmq"))
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let text = help("quantize");
+    for w in [
+        "--ptqd",
+        "--ptqd-parts",
+        "--ptqd-samples",
+        "cnc,bc,vsc",
+        "ptqd-w4a8",
+    ] {
+        assert!(text.contains(w), "quantize --help lacks {w}: {text}");
+    }
+    for cmd in ["sample", "eval"] {
+        let text = help(cmd);
+        assert!(
+            text.contains("--ptqd-parts") && text.contains("[default: auto]"),
+            "{cmd}: {text}"
+        );
+    }
+    let text = help("ptqd");
+    for w in ["--eta", "--samples", "--fp", "[default: 64]"] {
+        assert!(text.contains(w), "ptqd --help lacks {w}: {text}");
+    }
+}

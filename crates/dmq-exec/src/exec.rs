@@ -25,9 +25,18 @@ use crate::layer::{Geometry, IntLayer, PartWeight, SegmentSpec};
 use crate::quantize::ActQuant;
 
 /// Integer execution of one layer: the packed layer plus its per-step activation quantizers.
+///
+/// DMQ's power-of-two scaling gives every calibrated step set its own per-channel shifts. The
+/// kernels take shifts per segment of contiguous input channels, packed with the weights, so the
+/// layer is packed once per distinct shift pattern (for the 1×1 shortcut convolutions PTS
+/// applies to by default, a few copies of a small weight) and each step set uses its pattern's.
 pub struct IntExec {
-    pub layer: IntLayer,
-    /// `[part][set]`: the activation quantizer of each part for each calibrated step set.
+    /// One packed layer per distinct shift pattern (one without PTS).
+    pub layers: Vec<IntLayer>,
+    /// `[set]`: index into `layers`.
+    layer_of_set: Vec<usize>,
+    /// `[part][set]`: the activation quantizer of each part for each calibrated step set (with
+    /// PTS: the step of the part's finest channel, the segments' shifts coarsen it).
     acts: Vec<Vec<ActQuant>>,
     /// Sampling-step index of each set (the same for every part).
     steps: Vec<usize>,
@@ -132,6 +141,63 @@ impl IntExec {
             };
             segments.push((start, end - start, 0, part));
         }
+        // Activation-step sets and their PTS shifts over all input channels.
+        let steps = activation.parts[0].steps.clone();
+        if activation.parts.iter().any(|p| p.steps != steps) {
+            return Err(ExecError::Shape(
+                "the activation parts were calibrated at different steps".into(),
+            ));
+        }
+        let n_sets = steps.len();
+        let mut patterns: Vec<Vec<u8>> = Vec::new();
+        let mut layer_of_set = Vec::with_capacity(n_sets);
+        for set in 0..n_sets {
+            let mut pattern = vec![0u8; in_c];
+            for (ap, part) in activation.parts.iter().enumerate() {
+                let Some(shifts) = &part.shifts else { continue };
+                let (start, len) = act_ranges[ap];
+                let row = shifts.get(set).filter(|r| r.len() == len).ok_or_else(|| {
+                    ExecError::Shape(format!(
+                        "PTS shifts of activation part {ap} do not have {n_sets} rows of {len} channels"
+                    ))
+                })?;
+                pattern[start..start + len].copy_from_slice(row);
+            }
+            let i = match patterns.iter().position(|p| *p == pattern) {
+                Some(i) => i,
+                None => {
+                    patterns.push(pattern);
+                    patterns.len() - 1
+                }
+            };
+            layer_of_set.push(i);
+        }
+        // Per pattern: each segment split into runs of equal shift; a part's quantizer takes
+        // the step of its finest channel (largest shift s), a run the shift `s_max − s` above it.
+        let finest = |pattern: &[u8], part: usize| -> u8 {
+            segments
+                .iter()
+                .filter(|sg| sg.3 == part)
+                .flat_map(|sg| pattern[sg.0..sg.0 + sg.1].iter().copied())
+                .max()
+                .unwrap_or(0)
+        };
+        let segments_of = |pattern: &[u8]| -> Vec<SegmentSpec> {
+            let mut out = Vec::new();
+            for &(start, len, _, part) in &segments {
+                let top = finest(pattern, part);
+                let mut a = start;
+                while a < start + len {
+                    let mut b = a + 1;
+                    while b < start + len && pattern[b] == pattern[a] {
+                        b += 1;
+                    }
+                    out.push((a, b - a, top - pattern[a], part));
+                    a = b;
+                }
+            }
+            out
+        };
         // Codes of the whole weight in [C_out][C_in][taps] order.
         let mut codes = vec![0u8; out_c * in_c * taps];
         for p in &weight.parts {
@@ -153,44 +219,49 @@ impl IntExec {
             Some(b) => Some(b.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec1()?),
             None => None,
         };
-        let int_layer = IntLayer::new(
-            layer.path,
-            geometry,
-            &codes,
-            weight.bits(),
-            out_c,
-            in_c,
-            &segments,
-            parts,
-            bias,
-        )?;
+        let layers = patterns
+            .iter()
+            .map(|pattern| {
+                IntLayer::new(
+                    layer.path,
+                    geometry,
+                    &codes,
+                    weight.bits(),
+                    out_c,
+                    in_c,
+                    &segments_of(pattern),
+                    parts.clone(),
+                    bias.clone(),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         // Activation quantizers per dequantization part, per step set.
-        let steps = activation.parts[0].steps.clone();
-        if activation.parts.iter().any(|p| p.steps != steps) {
-            return Err(ExecError::Shape(
-                "the activation parts were calibrated at different steps".into(),
-            ));
-        }
         let acts = pairs
             .iter()
-            .map(|&(_, ap)| {
+            .enumerate()
+            .map(|(pair, &(_, ap))| {
                 activation.parts[ap]
                     .params
                     .iter()
-                    .map(|p| {
+                    .enumerate()
+                    .map(|(set, p)| {
                         if p.scale.len() != 1 {
                             return Err(ExecError::Shape(format!(
                                 "activation quantizer has {} steps; integer execution takes per-tensor ones",
                                 p.scale.len()
                             )));
                         }
-                        ActQuant::new(p.scale[0], p.zero_point[0], p.bits)
+                        // Δ·2^(−s_max): exact in f32 (a power of two), as the simulation's
+                        // per-channel steps Δ·2^(−s) are.
+                        let top = finest(&patterns[layer_of_set[set]], pair);
+                        ActQuant::new(p.scale[0] / (1u32 << top) as f32, p.zero_point[0], p.bits)
                     })
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            layer: int_layer,
+            layers,
+            layer_of_set,
             acts,
             steps,
             isa,
@@ -213,13 +284,18 @@ impl IntExec {
             (None, 1) => Ok(0),
             (None, _) => Err(ModelError::Source(format!(
                 "{}: per-step activation parameters need the sampling-step index; call the model inside a sampler",
-                self.layer.name
+                self.layers[0].name
             ))),
         }
     }
 
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// Bytes held by the packed layers (every shift pattern's copy).
+    pub fn resident_bytes(&self) -> usize {
+        self.layers.iter().map(IntLayer::resident_bytes).sum()
     }
 }
 
@@ -253,8 +329,7 @@ impl LayerExec for IntExec {
             }
             _ => return Err(err("input is not in CPU memory".into())),
         };
-        let (out, dims) = self
-            .layer
+        let (out, dims) = self.layers[self.layer_of_set[set]]
             .forward(self.isa, data, x.dims(), &acts)
             .map_err(|e| ModelError::Source(e.to_string()))?;
         drop(storage);
@@ -332,10 +407,15 @@ pub fn install_int(
         let path = layer.path().to_string();
         let Some(l) = layers.get(&path) else { continue };
         seen += 1;
+        // LES: the layer divides its input by γ before the exec sees it, exactly as in the
+        // simulated path (the weights already hold W·γ), so both quantize the same values.
+        if let Some(g) = &l.equivalent_scale {
+            layer.set_input_scale(Some(g.to_dtype(DType::F32)?.to_device(&Device::Cpu)?))?;
+        }
         match (&l.weight, &l.activation) {
             (Some(w), Some(a)) => {
                 let exec = IntExec::new(&layer.layer_ref(), w, a, isa)?;
-                info.packed_bytes += exec.layer.resident_bytes();
+                info.packed_bytes += exec.resident_bytes();
                 info.replaced_float_elements += layer.layer_ref().weight.elem_count()
                     + layer.layer_ref().bias.map_or(0, |b| b.elem_count());
                 drop_float_weight(&mut layer)?;

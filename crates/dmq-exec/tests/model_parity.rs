@@ -41,8 +41,30 @@ fn captured_inputs(unet: &UNet2DModel, paths: &[String]) -> BTreeMap<String, Ten
         .collect()
 }
 
+/// What DMQ adds to an artifact, on every quantized layer: LES scales `γ` and, on the shortcut
+/// convolutions, PTS shifts that differ between two step sets (so that one layer is packed for
+/// two shift patterns). Parity does not need them to be learned, only to be used alike.
+#[derive(Clone, Copy, PartialEq)]
+enum Extras {
+    None,
+    LesPts,
+}
+
+/// A seeded pseudo-random byte for channel `c` of set `set` of `path` (no RNG crate needed).
+fn hash_byte(path: &str, set: usize, c: usize) -> u8 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.bytes().chain([set as u8, (c & 255) as u8, (c >> 8) as u8]) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    (h >> 32) as u8
+}
+
 /// Writes a round-to-nearest artifact of the embedded model with `wbits`-bit weights.
 fn write_artifact(dir: &Path, wbits: u8) {
+    write_artifact_with(dir, wbits, Extras::None)
+}
+
+fn write_artifact_with(dir: &Path, wbits: u8, extras: Extras) {
     let pipeline = ModelSource::Embedded.resolve().unwrap();
     let mut unet = pipeline.load_unet(&Device::Cpu, DType::F32).unwrap();
     let splits = unet.split_points();
@@ -85,13 +107,39 @@ fn write_artifact(dir: &Path, wbits: u8) {
                 x.narrow(axis, s, c - s).unwrap(),
             ],
         };
+        let pts = extras == Extras::LesPts && path.ends_with(".conv_shortcut");
         let acts = pieces
             .iter()
-            .map(|p| PerStepActivation::shared(UniformParams::init_minmax(p, 8, None).unwrap()))
+            .enumerate()
+            .map(|(pi, p)| {
+                let params = UniformParams::init_minmax(p, 8, None).unwrap();
+                if !pts {
+                    return PerStepActivation::shared(params);
+                }
+                let mut a = PerStepActivation::new(vec![0, 50], vec![params.clone(), params]);
+                let len = p.dims()[axis];
+                a.shifts = Some(
+                    (0..2)
+                        .map(|set| {
+                            (0..len)
+                                .map(|c| hash_byte(&path, set * 2 + pi, c) % 4)
+                                .collect()
+                        })
+                        .collect(),
+                );
+                a
+            })
             .collect();
+        let gamma = (extras == Extras::LesPts).then(|| {
+            let g: Vec<f32> = (0..c)
+                .map(|i| 0.5 + f32::from(hash_byte(&path, 9, i)) / 170.0)
+                .collect();
+            Tensor::from_vec(g, c, &Device::Cpu).unwrap()
+        });
         let q = QuantLayer {
             weight: Some(weight),
             activation: Some(LayerActivation::new(split, acts)),
+            equivalent_scale: gamma,
         };
         entries.push(artifact::layer_entry(&path, r.weight.dims(), Some(&q)).unwrap());
         layers.insert(path, q);
@@ -155,9 +203,13 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn check_bits(wbits: u8) {
+    check(wbits, Extras::None)
+}
+
+fn check(wbits: u8, extras: Extras) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("q");
-    write_artifact(&dir, wbits);
+    write_artifact_with(&dir, wbits, extras);
     let (_, mut sim) = artifact::load(&dir, &Device::Cpu, DType::F32).unwrap();
     let isa = Isa::detect().unwrap();
     let (_, mut int, info) = dmq_exec::load_int(&dir, isa).unwrap();
@@ -180,17 +232,30 @@ fn check_bits(wbits: u8) {
     let inputs = captured_inputs(&fp, &paths);
     let ctx = Ctx::at_step(0);
     let mut worst = 0f32;
+    let mut shifted = 0;
     for (ls, li) in sim.layers_mut().iter().zip(int.layers_mut().iter()) {
         assert_eq!(ls.path(), li.path());
         let Some(x) = inputs.get(ls.path()) else {
             continue;
         };
-        let ys = layer_forward(ls, x, &ctx);
-        let yi = layer_forward(li, x, &ctx);
-        assert_eq!(ys.dims(), yi.dims(), "{}", ls.path());
-        let err = max_abs(&(&ys - &yi).unwrap()) / max_abs(&ys).max(1e-6);
-        assert!(err < 1e-4, "{}: relative error {err}", ls.path());
-        worst = worst.max(err);
+        // Both PTS step sets (sampling steps 0 and 50: different shift patterns).
+        for step in [0, 50] {
+            let ctx = Ctx::at_step(step);
+            let ys = layer_forward(ls, x, &ctx);
+            let yi = layer_forward(li, x, &ctx);
+            assert_eq!(ys.dims(), yi.dims(), "{}", ls.path());
+            let err = max_abs(&(&ys - &yi).unwrap()) / max_abs(&ys).max(1e-6);
+            assert!(err < 1e-4, "{} at step {step}: relative error {err}", ls.path());
+            worst = worst.max(err);
+        }
+        if extras == Extras::LesPts {
+            assert!(ls.layer_ref().input_scale.is_some(), "{}: no γ", ls.path());
+            assert!(li.layer_ref().input_scale.is_some(), "{}: no γ", li.path());
+            shifted += usize::from(ls.path().ends_with(".conv_shortcut"));
+        }
+    }
+    if extras == Extras::LesPts {
+        assert!(shifted > 0, "no PTS layer was compared");
     }
     eprintln!("W{wbits}A8: worst layer relative error {worst:.2e}");
 
@@ -240,6 +305,13 @@ fn w8a8_integer_layers_match_the_simulation() {
 #[test]
 fn w4a8_integer_layers_match_the_simulation() {
     check_bits(4);
+}
+
+/// DMQ's artifact content: LES scales on every layer and PTS shifts (two patterns) on the
+/// shortcut convolutions, W4A8.
+#[test]
+fn les_and_pts_layers_match_the_simulation() {
+    check(4, Extras::LesPts);
 }
 
 #[test]

@@ -2,3 +2,6 @@
 //! definition (dmq-model) and hooks into the engine (dmq-quant) and the sampler (dmq-sched):
 //! DMQ (Learned Equivalent Scaling, time-step weighting, Power-of-Two Scaling), PTQD (noise
 //! correction and variance-schedule calibration) and Qua2SeDiMo (sensitivity, mixed precision).
+
+pub mod dmq;
+pub mod ptqd;

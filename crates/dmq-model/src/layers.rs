@@ -69,6 +69,64 @@ impl LayerMut<'_> {
             LayerMut::Linear(l) => l.exec = exec,
         }
     }
+
+    /// Replaces the float weight (same shape), e.g. by `W·γ` under equivalent scaling.
+    pub fn set_weight(&mut self, weight: Tensor) -> Result<()> {
+        let (path, slot) = match self {
+            LayerMut::Conv(c) => (c.path.clone(), &mut c.weight),
+            LayerMut::Linear(l) => (l.path.clone(), &mut l.weight),
+        };
+        check_same_shape(&path, slot, &weight, "weight")?;
+        *slot = weight;
+        Ok(())
+    }
+
+    /// Replaces the bias (same shape), e.g. when a consumer's scale is folded into it.
+    pub fn set_bias(&mut self, bias: Tensor) -> Result<()> {
+        let (path, slot) = match self {
+            LayerMut::Conv(c) => (c.path.clone(), &mut c.bias),
+            LayerMut::Linear(l) => (l.path.clone(), &mut l.bias),
+        };
+        match slot {
+            Some(b) => {
+                check_same_shape(&path, b, &bias, "bias")?;
+                *b = bias;
+                Ok(())
+            }
+            None => Err(crate::ModelError::Source(format!("{path}: has no bias"))),
+        }
+    }
+
+    /// Sets the per-input-channel equivalent scale `γ` (`[C_in]`): the layer then computes on
+    /// `x / γ` (its weight is expected to hold `W·γ`, see [`LayerMut::set_weight`]). `None`
+    /// removes it.
+    pub fn set_input_scale(&mut self, gamma: Option<Tensor>) -> Result<()> {
+        let (path, c_in, slot) = match self {
+            LayerMut::Conv(c) => (c.path.clone(), c.in_channels(), &mut c.input_scale),
+            LayerMut::Linear(l) => (l.path.clone(), l.in_features(), &mut l.input_scale),
+        };
+        if let Some(g) = &gamma {
+            if g.dims() != [c_in] {
+                return Err(crate::ModelError::Source(format!(
+                    "{path}: input scale of shape {:?}, the layer has {c_in} input channels",
+                    g.dims()
+                )));
+            }
+        }
+        *slot = gamma;
+        Ok(())
+    }
+}
+
+fn check_same_shape(path: &str, old: &Tensor, new: &Tensor, what: &str) -> Result<()> {
+    if old.dims() != new.dims() {
+        return Err(crate::ModelError::Source(format!(
+            "{path}: new {what} of shape {:?}, expected {:?}",
+            new.dims(),
+            old.dims()
+        )));
+    }
+    Ok(())
 }
 
 /// A read-only view of a quantizable layer, handed to its exec.
@@ -77,6 +135,61 @@ pub struct LayerRef<'a> {
     pub kind: LayerKind,
     pub weight: &'a Tensor,
     pub bias: Option<&'a Tensor>,
+    /// Equivalent scale `γ` per input channel (`[C_in]`), already applied to the input an exec
+    /// receives and to `weight` (which holds `W·γ`).
+    pub input_scale: Option<&'a Tensor>,
+}
+
+impl LayerRef<'_> {
+    /// The layer's float computation of `x` with `weight` (bias included): a convolution with
+    /// the layer's stride and padding, or a product over the last axis.
+    pub fn float_op(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        match self.kind {
+            LayerKind::Conv2d { stride, padding } => {
+                let y = x.conv2d(weight, padding, stride, 1, 1)?;
+                Ok(match self.bias {
+                    Some(b) => y.broadcast_add(&b.reshape((1, b.dims()[0], 1, 1))?)?,
+                    None => y,
+                })
+            }
+            LayerKind::Linear => {
+                let dims = x.dims().to_vec();
+                let in_f = *dims.last().unwrap_or(&0);
+                let rows = x.elem_count() / in_f.max(1);
+                let x2 = x.reshape((rows, in_f))?;
+                let mut y = x2.matmul(&weight.t()?)?;
+                if let Some(b) = self.bias {
+                    y = y.broadcast_add(b)?;
+                }
+                let mut out_dims = dims;
+                *out_dims
+                    .last_mut()
+                    .expect("linear input has at least one axis") = weight.dims()[0];
+                Ok(y.reshape(out_dims)?)
+            }
+        }
+    }
+
+    /// `x / γ` on the input-channel axis (axis 1 of a conv input, the last of a linear one).
+    pub fn scale_input(&self, x: &Tensor) -> Result<Tensor> {
+        match self.input_scale {
+            None => Ok(x.clone()),
+            Some(g) => Ok(x.broadcast_div(&self.channel_shaped(g, x.rank())?)?),
+        }
+    }
+
+    /// A per-input-channel vector `[C]` shaped to broadcast against an input of rank `rank`.
+    pub fn channel_shaped(&self, v: &Tensor, rank: usize) -> Result<Tensor> {
+        let c = v.elem_count();
+        Ok(match self.kind {
+            LayerKind::Conv2d { .. } => v.reshape((1, c, 1, 1))?,
+            LayerKind::Linear => {
+                let mut shape = vec![1; rank.max(1)];
+                shape[rank.max(1) - 1] = c;
+                v.reshape(shape)?
+            }
+        })
+    }
 }
 
 /// A 2-D convolution (square kernel, symmetric padding, no groups or dilation: what UNets use).
@@ -86,6 +199,8 @@ pub struct Conv2d {
     pub bias: Option<Tensor>,
     pub stride: usize,
     pub padding: usize,
+    /// Equivalent scale `γ` (`[C_in]`): the layer computes on `x / γ` with `weight` = `W·γ`.
+    pub input_scale: Option<Tensor>,
     /// How it computes when not in float (set by quantization passes).
     pub exec: Option<Arc<dyn LayerExec>>,
 }
@@ -106,6 +221,7 @@ impl Conv2d {
             bias: Some(w.get(&join(path, "bias"), &[out_c])?),
             stride,
             padding,
+            input_scale: None,
             exec: None,
         })
     }
@@ -124,11 +240,7 @@ impl Conv2d {
 
     /// The float convolution of `x` with `weight` (and this layer's bias).
     pub fn float_op(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(weight, self.padding, self.stride, 1, 1)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dims()[0], 1, 1))?)?,
-            None => y,
-        })
+        self.layer_ref().float_op(x, weight)
     }
 
     pub fn layer_ref(&self) -> LayerRef<'_> {
@@ -140,14 +252,17 @@ impl Conv2d {
             },
             weight: &self.weight,
             bias: self.bias.as_ref(),
+            input_scale: self.input_scale.as_ref(),
         }
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         ctx.offer(&self.path, &[x])?;
+        let lr = self.layer_ref();
+        let xs = lr.scale_input(x)?;
         let y = match &self.exec {
-            Some(exec) => exec.forward(&self.layer_ref(), x, &|x, w| self.float_op(x, w), ctx)?,
-            None => self.float_op(x, &self.weight)?,
+            Some(exec) => exec.forward(&lr, &xs, &|x, w| self.float_op(x, w), ctx)?,
+            None => self.float_op(&xs, &self.weight)?,
         };
         if ctx.tracing_on() {
             let (_, _, h, wd) = y.dims4()?;
@@ -169,6 +284,8 @@ pub struct Linear {
     pub path: String,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// Equivalent scale `γ` (`[C_in]`): the layer computes on `x / γ` with `weight` = `W·γ`.
+    pub input_scale: Option<Tensor>,
     /// How it computes when not in float (set by quantization passes).
     pub exec: Option<Arc<dyn LayerExec>>,
 }
@@ -179,6 +296,7 @@ impl Linear {
             path: path.to_string(),
             weight: w.get(&join(path, "weight"), &[out_f, in_f])?,
             bias: Some(w.get(&join(path, "bias"), &[out_f])?),
+            input_scale: None,
             exec: None,
         })
     }
@@ -211,19 +329,7 @@ impl Linear {
 
     /// The float product of `x` with `weight` (and this layer's bias) over the last axis.
     pub fn float_op(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_f = *dims.last().unwrap_or(&0);
-        let rows = x.elem_count() / in_f.max(1);
-        let x2 = x.reshape((rows, in_f))?;
-        let mut y = x2.matmul(&weight.t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
-        let mut out_dims = dims;
-        *out_dims
-            .last_mut()
-            .expect("linear input has at least one axis") = weight.dims()[0];
-        Ok(y.reshape(out_dims)?)
+        self.layer_ref().float_op(x, weight)
     }
 
     pub fn layer_ref(&self) -> LayerRef<'_> {
@@ -232,14 +338,17 @@ impl Linear {
             kind: LayerKind::Linear,
             weight: &self.weight,
             bias: self.bias.as_ref(),
+            input_scale: self.input_scale.as_ref(),
         }
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         ctx.offer(&self.path, &[x])?;
+        let lr = self.layer_ref();
+        let xs = lr.scale_input(x)?;
         let y = match &self.exec {
-            Some(exec) => exec.forward(&self.layer_ref(), x, &|x, w| self.float_op(x, w), ctx)?,
-            None => self.float_op(x, &self.weight)?,
+            Some(exec) => exec.forward(&lr, &xs, &|x, w| self.float_op(x, w), ctx)?,
+            None => self.float_op(&xs, &self.weight)?,
         };
         if ctx.tracing_on() {
             let in_f = self.in_features();

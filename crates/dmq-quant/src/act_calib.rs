@@ -3,6 +3,13 @@
 //! quantized layer tracks the range of its input with an EMA (momentum 0.95), and quantizes its
 //! input with the range seen so far, so later layers see the quantized network's activations.
 //! Ranges are reset between steps (the reference code leaks them across steps, spec §8).
+//!
+//! Layers planned with power-of-two scaling (DMQ's PTS, spec §6) then get per-channel step
+//! factors for the step: one more forward over all of the step's samples with every range frozen
+//! at its final value, in which each PTS layer asks a [`ShiftVoter`] for its factors on its input
+//! and applies them at once, so later layers see inputs computed with the earlier layers' factors
+//! (the reference's block-by-block pass, §6.4, without its EMA updates between voting and saving,
+//! pitfall §8.4).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +31,17 @@ pub struct LayerQuantPlan {
     pub act_bits: Option<u8>,
     /// Split point of the input channels (two quantizers, spec §5.2).
     pub split: Option<usize>,
+    /// Power-of-two step factors per channel and step, chosen by the voter (DMQ's PTS).
+    pub pts: bool,
+}
+
+/// Chooses the power-of-two step factors of one quantizer input (DMQ's voting lives in
+/// `dmq-methods`; the engine only applies what it returns).
+pub trait ShiftVoter: Send + Sync {
+    /// One shift per channel (on `axis`) of `x`, every calibration sample of one sampling step,
+    /// whose per-tensor parameters are `params`: channel `c` is then quantized with step
+    /// `Δ·2^(−shift_c)`.
+    fn vote(&self, x: &Tensor, axis: usize, params: &UniformParams) -> dmq_model::Result<Vec<u8>>;
 }
 
 impl LayerQuantPlan {
@@ -40,8 +58,19 @@ impl LayerQuantPlan {
             },
             act_bits,
             split: None,
+            pts: false,
         })
     }
+}
+
+/// What an [`ObservingExec`] does with its input.
+enum Mode {
+    /// Update the EMA ranges and quantize with the range seen so far.
+    Observe,
+    /// Quantize with these fixed parameters (and shifts).
+    Frozen(LayerActivation),
+    /// Ask the voter for each part's shifts on this input, keep them, quantize with them.
+    Vote(Vec<UniformParams>, Arc<dyn ShiftVoter>),
 }
 
 /// Observes and quantizes a layer's input while calibration runs.
@@ -51,6 +80,9 @@ struct ObservingExec {
     split: Option<usize>,
     /// One observer per input part.
     observers: Vec<Mutex<ActRangeObserver>>,
+    mode: Mutex<Mode>,
+    /// Shifts found by the last voting forward, per part.
+    voted: Mutex<Option<Vec<Vec<u8>>>>,
 }
 
 impl ObservingExec {
@@ -62,14 +94,55 @@ impl ObservingExec {
     }
 }
 
+/// A one-set activation quantizer with `params` per part and optional shifts.
+fn fixed_activation(
+    split: Option<usize>,
+    params: &[UniformParams],
+    shifts: Option<&[Vec<u8>]>,
+) -> LayerActivation {
+    let parts = params
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let mut a = PerStepActivation::shared(p.clone());
+            a.shifts = shifts.map(|s| vec![s[k].clone()]);
+            a
+        })
+        .collect();
+    LayerActivation::new(split, parts)
+}
+
 impl LayerExec for ObservingExec {
     fn forward(
         &self,
         layer: &LayerRef,
         x: &Tensor,
         float_op: &dyn Fn(&Tensor, &Tensor) -> dmq_model::Result<Tensor>,
-        _ctx: &Ctx,
+        ctx: &Ctx,
     ) -> dmq_model::Result<Tensor> {
+        let weight = self.weight.as_ref().unwrap_or(layer.weight);
+        // The frozen quantizers hold one parameter set, whatever the step of `ctx`.
+        let _ = ctx;
+        let single = Ctx::at_step(0);
+        match &*self.mode.lock().expect("mode lock") {
+            Mode::Observe => {}
+            Mode::Frozen(act) => return float_op(&act.fake_quant(layer, x, &single)?, weight),
+            Mode::Vote(params, voter) => {
+                let axis = input_channel_axis(layer.kind, x);
+                let c = x.dims()[axis];
+                let pieces = match self.split {
+                    None => vec![x.clone()],
+                    Some(s) => vec![x.narrow(axis, 0, s)?, x.narrow(axis, s, c - s)?],
+                };
+                let mut shifts = Vec::new();
+                for (piece, p) in pieces.iter().zip(params) {
+                    shifts.push(voter.vote(piece, axis, p)?);
+                }
+                let act = fixed_activation(self.split, params, Some(&shifts));
+                *self.voted.lock().expect("voted lock") = Some(shifts);
+                return float_op(&act.fake_quant(layer, x, &single)?, weight);
+            }
+        }
         let err =
             |e: crate::uniform::QuantError| ModelError::Source(format!("{}: {e}", layer.path));
         let axis = input_channel_axis(layer.kind, x);
@@ -92,7 +165,7 @@ impl LayerExec for ObservingExec {
         } else {
             Tensor::cat(&quantized, axis)?
         };
-        float_op(&xq, self.weight.as_ref().unwrap_or(layer.weight))
+        float_op(&xq, weight)
     }
 }
 
@@ -106,8 +179,20 @@ pub fn calibrate_activations(
     plans: &BTreeMap<String, LayerQuantPlan>,
     batch: usize,
     momentum: f64,
+    voter: Option<Arc<dyn ShiftVoter>>,
     mut on_forward: impl FnMut(),
 ) -> dmq_model::Result<BTreeMap<String, LayerActivation>> {
+    let pts_layers: Vec<&String> = plans
+        .iter()
+        .filter(|(_, p)| p.pts && p.act_bits.is_some())
+        .map(|(k, _)| k)
+        .collect();
+    if !pts_layers.is_empty() && voter.is_none() {
+        return Err(ModelError::Source(format!(
+            "{} layers are planned with power-of-two scaling but no voter was given",
+            pts_layers.len()
+        )));
+    }
     let to_model = |e: crate::uniform::QuantError| ModelError::Source(e.to_string());
     let mut observers: BTreeMap<String, Arc<ObservingExec>> = BTreeMap::new();
     for mut layer in unet.layers_mut() {
@@ -137,6 +222,8 @@ pub fn calibrate_activations(
                         .map_err(to_model)
                 })
                 .collect::<dmq_model::Result<_>>()?,
+            mode: Mutex::new(Mode::Observe),
+            voted: Mutex::new(None),
         });
         observers.insert(layer.path().to_string(), exec.clone());
         layer.set_exec(Some(exec));
@@ -145,42 +232,64 @@ pub fn calibrate_activations(
     steps.sort_unstable();
     steps.dedup();
     let mut found: BTreeMap<String, Vec<PerStepActivation>> = BTreeMap::new();
+    let batch_of = |rows: &[usize], unet: &UNet2DModel| -> dmq_model::Result<Tensor> {
+        let idx = Tensor::from_vec(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            rows.len(),
+            set.x.device(),
+        )?;
+        Ok(set
+            .x
+            .index_select(&idx, 0)?
+            .to_dtype(unet.dtype())?
+            .to_device(unet.device())?)
+    };
     for &step in &steps {
         for exec in observers.values() {
             for obs in &exec.observers {
                 obs.lock().expect("observer lock").reset();
             }
+            *exec.mode.lock().expect("mode lock") = Mode::Observe;
+            *exec.voted.lock().expect("voted lock") = None;
         }
         let rows = set.rows_of_step(step);
         for chunk in rows.chunks(batch.max(1)) {
-            let idx = Tensor::from_vec(
-                chunk.iter().map(|&r| r as u32).collect::<Vec<_>>(),
-                chunk.len(),
-                set.x.device(),
-            )?;
-            let x = set
-                .x
-                .index_select(&idx, 0)?
-                .to_dtype(unet.dtype())?
-                .to_device(unet.device())?;
+            let x = batch_of(chunk, unet)?;
             let t = set.timesteps[chunk[0]] as f64;
             unet.forward(&x, Timesteps::Shared(t), None, &Ctx::at_step(step))?;
             on_forward();
         }
+        if let (false, Some(voter)) = (pts_layers.is_empty(), &voter) {
+            // Voting forward over all of the step's samples with frozen ranges.
+            for (path, exec) in &observers {
+                let params = exec.params().map_err(to_model)?;
+                *exec.mode.lock().expect("mode lock") = if pts_layers.contains(&path) {
+                    Mode::Vote(params, voter.clone())
+                } else {
+                    Mode::Frozen(fixed_activation(exec.split, &params, None))
+                };
+            }
+            let x = batch_of(&rows, unet)?;
+            let t = set.timesteps[rows[0]] as f64;
+            unet.forward(&x, Timesteps::Shared(t), None, &Ctx::at_step(step))?;
+        }
         for (path, exec) in &observers {
             let params = exec.params().map_err(to_model)?;
+            let voted = exec.voted.lock().expect("voted lock").take();
+            if pts_layers.contains(&path) && voted.is_none() {
+                return Err(ModelError::Source(format!(
+                    "{path}: the voting forward never reached this PTS layer"
+                )));
+            }
             let entry = found.entry(path.clone()).or_insert_with(|| {
-                vec![
-                    PerStepActivation {
-                        steps: Vec::new(),
-                        params: Vec::new(),
-                    };
-                    params.len()
-                ]
+                vec![PerStepActivation::new(Vec::new(), Vec::new()); params.len()]
             });
-            for (part, p) in entry.iter_mut().zip(params) {
+            for (k, (part, p)) in entry.iter_mut().zip(params).enumerate() {
                 part.steps.push(step);
                 part.params.push(p);
+                if let Some(v) = &voted {
+                    part.shifts.get_or_insert_with(Vec::new).push(v[k].clone());
+                }
             }
         }
     }

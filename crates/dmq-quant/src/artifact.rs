@@ -11,8 +11,19 @@
 //!                            {path}.w{k}.zero_point  i64 [C_out]
 //!                            {path}.a{k}.scale       f32 [S]      activation step per sampling step
 //!                            {path}.a{k}.zero_point  i64 [S]
+//!                            {path}.a{k}.shift       u8 [S, C_k]  PTS: channel c of part k at
+//!                                                    step s uses step Δ_s·2^(−shift) (DMQ)
+//!                            {path}.les.gamma        f32 [C_in]   LES: the layer quantizes x/γ
+//!                                                    (per-input-channel factor of the
+//!                                                    activation step; codes are of W·γ)
 //! Q/float.safetensors      every other tensor of the checkpoint (biases, norms, float layers), f32
+//! Q/ptqd.safetensors       optional: PTQD's noise statistics (manifest section `ptqd`, written by
+//!                          dmq-methods' `ptqd::store`); artifacts without it load as before
 //! ```
+//!
+//! Activation parameters may differ in bit width from step to step (PTQD's step-aware mixed
+//! precision): the manifest then lists each step's width in `activation.step_bits`, and
+//! `activation.bits` is the widest.
 //!
 //! Written to a temporary folder and renamed, so a folder named Q is always complete. Loading
 //! dequantizes with the same function calibration used ([`QuantWeight::dequantize`]), so the
@@ -31,7 +42,10 @@ use crate::sim::{LayerActivation, PerStepActivation, SimQuantExec};
 use crate::uniform::UniformParams;
 
 pub const FORMAT: &str = "dmq-quantized";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added PTS shifts and LES scales (optional); version 1 artifacts still load.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this code reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -75,10 +89,18 @@ pub struct WeightEntry {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActivationEntry {
+    /// The bit width of every step, or the widest when `step_bits` is given.
     pub bits: u8,
     pub split: Option<usize>,
     /// Calibrated sampling-step indices of each part (same for every part in practice).
     pub steps: Vec<Vec<usize>>,
+    /// Per-channel power-of-two step factors per step (`{path}.a{k}.shift`).
+    #[serde(default)]
+    pub pts: bool,
+    /// Bit width of each step of each part, when they differ (step-aware mixed precision);
+    /// absent otherwise, and in artifacts written before mixed precision existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_bits: Option<Vec<Vec<u8>>>,
 }
 
 /// One conv/linear layer of the model in the manifest (float layers are listed too).
@@ -91,6 +113,13 @@ pub struct LayerEntry {
     pub activation: Option<ActivationEntry>,
     /// `‖Ŵ − W‖ / ‖W‖` of the quantized weight.
     pub weight_rel_error: Option<f64>,
+    /// LES: the layer computes on `x/γ` with `{path}.les.gamma`, its codes are of `W·γ`.
+    #[serde(default)]
+    pub equivalent_scale: bool,
+    /// LES `γ` of this layer folded into another layer (`to_out.0` into `to_v`): nothing to do
+    /// at run time, recorded for the reader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_folded_into: Option<String>,
 }
 
 /// `manifest.json`.
@@ -110,13 +139,23 @@ pub struct Manifest {
     /// Anything a method adds (reconstruction losses, timings): free-form.
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// PTQD's statistics and the sampling protocols they are valid for, with its tensors in
+    /// [`PTQD_FILE`]; its layout belongs to `dmq_methods::ptqd::store`. `None` for artifacts
+    /// without PTQD (and every artifact written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ptqd: Option<serde_json::Value>,
 }
+
+/// The file of PTQD's tensors in an artifact folder.
+pub const PTQD_FILE: &str = "ptqd.safetensors";
 
 /// What a quantized layer holds in memory.
 #[derive(Debug, Clone)]
 pub struct QuantLayer {
     pub weight: Option<QuantWeight>,
     pub activation: Option<LayerActivation>,
+    /// LES `γ` (`[C_in]`, f32, CPU): the layer quantizes `x/γ`; its weight codes are of `W·γ`.
+    pub equivalent_scale: Option<Tensor>,
 }
 
 /// Serialises the quantized layers into the tensors of `quant.safetensors`.
@@ -153,7 +192,24 @@ pub fn layer_tensors(layers: &BTreeMap<String, QuantLayer>) -> Result<HashMap<St
                     axis: Some(0),
                 };
                 insert_params(&mut out, &format!("{path}.a{k}"), &per_step)?;
+                if let Some(shifts) = &part.shifts {
+                    let c = shifts.first().map_or(0, |v| v.len());
+                    if shifts.len() != part.params.len() || shifts.iter().any(|v| v.len() != c) {
+                        return Err(bad(path, format!("part {k}: ragged PTS shifts")));
+                    }
+                    let flat: Vec<u8> = shifts.concat();
+                    out.insert(
+                        format!("{path}.a{k}.shift"),
+                        Tensor::from_vec(flat, (shifts.len(), c), &cpu)?,
+                    );
+                }
             }
+        }
+        if let Some(g) = &l.equivalent_scale {
+            out.insert(
+                format!("{path}.les.gamma"),
+                g.to_dtype(DType::F32)?.to_device(&cpu)?,
+            );
         }
     }
     Ok(out)
@@ -181,8 +237,11 @@ pub fn layer_entry(path: &str, shape: &[usize], l: Option<&QuantLayer>) -> Resul
         weight: None,
         activation: None,
         weight_rel_error: None,
+        equivalent_scale: false,
+        scale_folded_into: None,
     };
     let Some(l) = l else { return Ok(e) };
+    e.equivalent_scale = l.equivalent_scale.is_some();
     if let Some(w) = &l.weight {
         e.weight = Some(WeightEntry {
             bits: w.bits(),
@@ -198,10 +257,31 @@ pub fn layer_entry(path: &str, shape: &[usize], l: Option<&QuantLayer>) -> Resul
         });
     }
     if let Some(a) = &l.activation {
+        let step_bits: Vec<Vec<u8>> = a
+            .parts
+            .iter()
+            .map(|p| p.params.iter().map(|q| q.bits).collect())
+            .collect();
+        let widest = step_bits.iter().flatten().copied().max();
+        let first = a
+            .parts
+            .first()
+            .and_then(|p| p.params.first())
+            .map(|p| p.bits);
+        let (Some(widest), Some(first)) = (widest, first) else {
+            return Err(ArtifactError::Layer {
+                path: PathBuf::from("manifest.json"),
+                layer: path.to_string(),
+                message: "activation quantizer without parameter sets".into(),
+            });
+        };
+        let mixed = step_bits.iter().flatten().any(|&b| b != first);
         e.activation = Some(ActivationEntry {
-            bits: a.parts[0].params[0].bits,
+            bits: widest,
             split: a.split,
             steps: a.parts.iter().map(|p| p.steps.clone()).collect(),
+            pts: a.parts.iter().any(|p| p.shifts.is_some()),
+            step_bits: mixed.then_some(step_bits),
         });
     }
     Ok(e)
@@ -313,6 +393,18 @@ pub fn layer_from(
                     a.split
                 )));
             }
+            if let Some(sb) = &a.step_bits {
+                let ok = sb.len() == a.steps.len()
+                    && sb.iter().zip(&a.steps).all(|(b, s)| b.len() == s.len())
+                    && sb.iter().flatten().all(|&b| b <= a.bits);
+                if !ok {
+                    return Err(bad(format!(
+                        "activation.step_bits {sb:?} does not match its steps {:?} (or exceeds \
+                         bits = {})",
+                        a.steps, a.bits
+                    )));
+                }
+            }
             let mut parts = Vec::new();
             for (k, steps) in a.steps.iter().enumerate() {
                 let prefix = format!("{}.a{k}", e.path);
@@ -324,22 +416,66 @@ pub fn layer_from(
                         steps.len()
                     )));
                 }
+                let bits_of = |i: usize| a.step_bits.as_ref().map_or(a.bits, |sb| sb[k][i]);
                 let params = all
                     .scale
                     .iter()
                     .zip(&all.zero_point)
-                    .map(|(&s, &z)| UniformParams::per_tensor(s, z, a.bits))
+                    .enumerate()
+                    .map(|(i, (&s, &z))| UniformParams::per_tensor(s, z, bits_of(i)))
                     .collect::<crate::uniform::Result<Vec<_>>>()
                     .map_err(|e| bad(e.to_string()))?;
-                parts.push(PerStepActivation {
-                    steps: steps.clone(),
-                    params,
-                });
+                let mut act = PerStepActivation::new(steps.clone(), params);
+                if a.pts {
+                    let t = take(tensors, file, &e.path, &format!("{prefix}.shift"))?;
+                    let (rows, c) = t.dims2().map_err(|_| {
+                        bad(format!("`{prefix}.shift` must be 2-D [steps, channels]"))
+                    })?;
+                    if rows != steps.len() {
+                        return Err(bad(format!(
+                            "`{prefix}.shift` has {rows} rows for {} steps",
+                            steps.len()
+                        )));
+                    }
+                    let v: Vec<Vec<u8>> = t.to_dtype(DType::U8)?.to_vec2()?;
+                    if v.iter().flatten().any(|&s| s > 7) {
+                        return Err(bad(format!("`{prefix}.shift` holds a shift above 7")));
+                    }
+                    let _ = c;
+                    act.shifts = Some(v);
+                }
+                parts.push(act);
             }
             Some(LayerActivation::new(a.split, parts))
         }
     };
-    Ok(QuantLayer { weight, activation })
+    let equivalent_scale = if e.equivalent_scale {
+        let g =
+            take(tensors, file, &e.path, &format!("{}.les.gamma", e.path))?.to_dtype(DType::F32)?;
+        let c_in = e.shape.get(1).copied().unwrap_or(0);
+        if g.dims() != [c_in] {
+            return Err(bad(format!(
+                "`{}.les.gamma` has shape {:?}, the layer has {c_in} input channels",
+                e.path,
+                g.dims()
+            )));
+        }
+        let v: Vec<f32> = g.to_vec1()?;
+        if v.iter().any(|x| !x.is_finite() || *x == 0.0) {
+            return Err(bad(format!(
+                "`{}.les.gamma` holds zero or non-finite values",
+                e.path
+            )));
+        }
+        Some(g)
+    } else {
+        None
+    };
+    Ok(QuantLayer {
+        weight,
+        activation,
+        equivalent_scale,
+    })
 }
 
 /// Writes the artifact to `dir` (which must not exist, unless `overwrite`): `float` is the
@@ -430,16 +566,56 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
             format!("field `format` is `{}`, expected `{FORMAT}`", m.format),
         ));
     }
-    if m.format_version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&m.format_version) {
         return Err(file_err(
             &path,
             format!(
-                "field `format_version` is {}, this dmq reads version {FORMAT_VERSION}",
+                "field `format_version` is {}, this dmq reads versions \
+                 {MIN_FORMAT_VERSION} to {FORMAT_VERSION}",
                 m.format_version
             ),
         ));
     }
     Ok(m)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+}
+
+/// Replaces the PTQD part of the artifact in `dir`: [`PTQD_FILE`] holds `tensors`, and the
+/// manifest's `ptqd` section becomes `section`. The tensor file is written first and the
+/// manifest last (each through a temporary file and a rename), so an interrupted update leaves
+/// the previous manifest; writers keep the tensor names of sets they do not change, so that
+/// manifest still finds its tensors. Returns the new manifest.
+pub fn write_ptqd(
+    dir: &Path,
+    section: serde_json::Value,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<Manifest> {
+    let mut m = read_manifest(dir)?;
+    let file = dir.join(PTQD_FILE);
+    let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
+    let cpu: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    candle_core::safetensors::save(&cpu, &tmp).map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, &file).map_err(|e| file_err(&file, e))?;
+    m.ptqd = Some(section);
+    let text = serde_json::to_string_pretty(&m).map_err(|e| file_err(dir, e))?;
+    replace_file(&dir.join("manifest.json"), text.as_bytes())?;
+    Ok(m)
+}
+
+/// The tensors of [`PTQD_FILE`] in `dir`, on the CPU (an error naming the file when it is
+/// missing or unreadable: call this only for manifests with a `ptqd` section).
+pub fn read_ptqd_tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let file = dir.join(PTQD_FILE);
+    candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| file_err(&file, e))
 }
 
 /// The quantized layers of the artifact in `dir`, on the CPU.
@@ -492,6 +668,10 @@ fn install(
         if let Some(l) = layers.get(layer.path()) {
             seen += 1;
             let like = layer.layer_ref().weight.clone();
+            if let Some(g) = &l.equivalent_scale {
+                let g = g.to_dtype(like.dtype())?.to_device(like.device())?;
+                layer.set_input_scale(Some(g))?;
+            }
             let exec = SimQuantExec::with_weight(None, &like, l.activation.clone())
                 .map_err(|e| file_err(dir, e))?;
             layer.set_exec(Some(exec));

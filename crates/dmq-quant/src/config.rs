@@ -59,10 +59,33 @@
 //! act_lr = 0.0004
 //! act_loss_p = 2.4
 //!
+//! [les]                              # DMQ Learned Equivalent Scaling (§4); absent = off
+//! enabled = true
+//! iters = 6000                       # per layer; >= 1 when enabled
+//! batch = 32
+//! lr = 0.001                         # Adam, cosine-annealed to 0 over iters
+//! weighting = "adaptive"             # "adaptive" (§4.3) | "linear" | "uniform"
+//! momentum = 0.95                    # running per-step loss of "adaptive", in (0, 1)
+//! r = 20.0                           # exponent of "adaptive", slope of "linear", >= 0
+//! fold = true                        # fold γ into the producer layer where the graph allows
+//!
+//! [pts]                              # DMQ Power-of-Two Scaling with voting (§6); absent = off
+//! enabled = true
+//! layers = ["*.conv_shortcut"]       # globs of layers whose input (both split halves) gets PTS
+//! max_shift = 3                      # factors 2^-s, s = 0..=max_shift ({1, 1/2, 1/4, 1/8})
+//! threshold = 0.85                   # vote share κ needed to use the mode, in (0, 1]
+//!
 //! [layers]                           # §5
 //! keep_float = ["conv_in", "conv_out", "time_embedding.*", "*.time_emb_proj",
 //!               "*.attn_scores", "*.attn_values", "class_embedding.*"]
 //! split_skip = true
+//!
+//! [ptqd]                             # optional: PTQD on top of the recipe (docs/methods-ptqd.md)
+//! parts = ["cnc", "bc", "vsc"]       # corrections applied when sampling, unless chosen there
+//! samples = 64                       # FP trajectories the noise statistics are measured on
+//! seed = 1                           # their noise seed
+//! batch = 32                         # trajectories run together
+//! mixed_act_bits = []                # lower activation bit widths for step-aware mixed precision
 //!
 //! [[overrides]]                      # later entries win
 //! pattern = "up_blocks.*.conv_shortcut"
@@ -126,16 +149,30 @@ pub const FAST_SAMPLES_PER_STEP: usize = 8;
 pub const FAST_STEPS_SAMPLED: usize = 10;
 /// `--fast`: reconstruction iterations per unit (AdaRound and the activation-step stage).
 pub const FAST_ITERS: usize = 50;
+/// `--fast`: LES iterations per layer (every weight-quantized layer learns its own scale, ~3× as
+/// many layers as reconstruction units, and each step differentiates through the input).
+pub const FAST_LES_ITERS: usize = 10;
 /// `--fast`: reconstruction mini-batch.
 pub const FAST_RECON_BATCH: usize = 4;
+/// `--fast`: FP trajectories of PTQD's noise statistics.
+pub const FAST_PTQD_SAMPLES: usize = 8;
 
 /// The recipes shipped in `configs/` (repository root), embedded at build time.
-const BUILTINS: [(&str, &str); 5] = [
+const BUILTINS: [(&str, &str); 11] = [
     ("rtn-w8a8", include_str!("../../../configs/rtn-w8a8.toml")),
     ("rtn-w4a8", include_str!("../../../configs/rtn-w4a8.toml")),
     ("base-w8a8", include_str!("../../../configs/base-w8a8.toml")),
     ("base-w4a8", include_str!("../../../configs/base-w4a8.toml")),
     ("base-w4a6", include_str!("../../../configs/base-w4a6.toml")),
+    ("dmq-w8a8", include_str!("../../../configs/dmq-w8a8.toml")),
+    ("dmq-w4a8", include_str!("../../../configs/dmq-w4a8.toml")),
+    ("dmq-w4a6", include_str!("../../../configs/dmq-w4a6.toml")),
+    ("ptqd-w4a8", include_str!("../../../configs/ptqd-w4a8.toml")),
+    ("ptqd-w4a6", include_str!("../../../configs/ptqd-w4a6.toml")),
+    (
+        "ptqd-w4a8-mp",
+        include_str!("../../../configs/ptqd-w4a8-mp.toml"),
+    ),
 ];
 
 /// A problem with a recipe, naming the file (or `configs/<name>.toml (built-in)`) and the field.
@@ -459,6 +496,92 @@ impl Default for LayerSelection {
     }
 }
 
+/// How the LES loss weights the calibrated sampling steps (§4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeWeighting {
+    /// `w = (1 − share)^r`, share = the step's part of the running per-step loss (the reference).
+    Adaptive,
+    /// The paper's static alternative `w_k = 1 + (1 − k/K)·r` (step position k of K).
+    Linear,
+    /// Every step weighs 1.
+    Uniform,
+}
+
+/// `[les]`: DMQ's Learned Equivalent Scaling (§4), layer by layer on full-precision inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LesConfig {
+    pub enabled: bool,
+    /// Adam iterations per layer (6000).
+    pub iters: usize,
+    /// Mini-batch drawn at random from all calibration samples (32).
+    pub batch: usize,
+    /// Initial learning rate, cosine-annealed to 0 (1e-3).
+    pub lr: f64,
+    pub weighting: TimeWeighting,
+    /// Momentum of the running per-step loss of `adaptive` (0.95).
+    pub momentum: f64,
+    /// Exponent `r` of `adaptive` / slope of `linear` (20).
+    pub r: f64,
+    /// Fold `γ` into the layer that produces the input where the graph allows (an attention
+    /// output projection's `γ` into the value projection); elsewhere it stays a per-input-channel
+    /// factor of the activation step.
+    pub fold: bool,
+}
+
+impl Default for LesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            iters: 6000,
+            batch: 32,
+            lr: 1e-3,
+            weighting: TimeWeighting::Adaptive,
+            momentum: 0.95,
+            r: 20.0,
+            fold: true,
+        }
+    }
+}
+
+/// `[pts]`: DMQ's Power-of-Two Scaling of activation steps, chosen per channel and sampling
+/// step by voting (§6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PtsConfig {
+    pub enabled: bool,
+    /// Globs of the layers whose input quantizers get PTS (the ResBlock shortcuts, §6.1).
+    pub layers: Vec<String>,
+    /// Largest shift: candidate factors `2^-s` for `s = 0..=max_shift` (3: {1, 1/2, 1/4, 1/8}).
+    pub max_shift: u8,
+    /// Share of samples that must agree on a channel's best factor (κ = 0.85).
+    pub threshold: f64,
+}
+
+impl Default for PtsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            layers: vec!["*.conv_shortcut".into()],
+            max_shift: 3,
+            threshold: 0.85,
+        }
+    }
+}
+
+impl PtsConfig {
+    /// Whether the layer at `path` gets PTS.
+    pub fn applies_to(&self, path: &str) -> bool {
+        self.enabled
+            && self.layers.iter().any(|p| {
+                glob(p)
+                    .map(|g| g.compile_matcher().is_match(path))
+                    .unwrap_or(false)
+            })
+    }
+}
+
 /// One `[[overrides]]` entry: values for every layer whose path matches `pattern`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -477,6 +600,71 @@ pub struct Override {
     pub keep_float: Option<bool>,
 }
 
+/// One of PTQD's sampler-side corrections (spec `docs/methods/ptqd.md` §2.2-2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PtqdPart {
+    /// Correlated noise correction: divide by `1 + k_t`.
+    Cnc,
+    /// Bias correction: subtract the per-channel mean of the residual error.
+    Bc,
+    /// Variance schedule calibration: lower the sampler's noise by the residual variance.
+    Vsc,
+}
+
+impl PtqdPart {
+    pub const ALL: [PtqdPart; 3] = [PtqdPart::Cnc, PtqdPart::Bc, PtqdPart::Vsc];
+
+    /// `cnc`, `bc` or `vsc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PtqdPart::Cnc => "cnc",
+            PtqdPart::Bc => "bc",
+            PtqdPart::Vsc => "vsc",
+        }
+    }
+
+    /// Parses one name (as [`PtqdPart::name`] writes it).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+/// `[ptqd]`: PTQD (He et al. 2023) on top of the recipe: noise statistics of the quantized model
+/// measured against the full-precision one along FP trajectories of the calibration protocol,
+/// the corrections applied when sampling, and optional step-aware mixed precision of the
+/// activations. What dmq does exactly: `docs/methods-ptqd.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PtqdConfig {
+    /// Corrections applied when sampling unless the user chooses others; unique entries.
+    pub parts: Vec<PtqdPart>,
+    /// FP trajectories along which the statistics are measured (64; the reference code uses
+    /// 1024 trajectories of 20 steps, dmq's protocol has 100 steps per trajectory).
+    pub samples: usize,
+    /// Seed of those trajectories (1, not the calibration seed 0: the statistics are then not
+    /// measured on the trajectories the activation ranges were fitted to).
+    pub seed: u64,
+    /// Trajectories run together (32).
+    pub batch: usize,
+    /// Lower activation bit widths offered to step-aware mixed precision, each below
+    /// `activations.bits` (empty: off). Per sampling step the lowest width whose SNR passes the
+    /// paper's criterion is used, else `activations.bits`.
+    pub mixed_act_bits: Vec<u8>,
+}
+
+impl Default for PtqdConfig {
+    fn default() -> Self {
+        Self {
+            parts: PtqdPart::ALL.to_vec(),
+            samples: 64,
+            seed: 1,
+            batch: 32,
+            mixed_act_bits: Vec::new(),
+        }
+    }
+}
+
 /// A whole recipe. See the module documentation for the schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -493,10 +681,20 @@ pub struct QuantConfig {
     pub calibration: CalibrationConfig,
     #[serde(default)]
     pub reconstruction: ReconstructionConfig,
+    /// DMQ's LES; `None` (section absent): off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub les: Option<LesConfig>,
+    /// DMQ's PTS; `None` (section absent): off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pts: Option<PtsConfig>,
     #[serde(default)]
     pub layers: LayerSelection,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<Override>,
+    /// PTQD on top of the recipe; `None`: no PTQD (absent from the serialized recipe then, so
+    /// recipes and artifacts written before PTQD existed read and fingerprint the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ptqd: Option<PtqdConfig>,
 }
 
 impl Default for QuantConfig {
@@ -510,8 +708,11 @@ impl Default for QuantConfig {
             activations: ActivationConfig::default(),
             calibration: CalibrationConfig::default(),
             reconstruction: ReconstructionConfig::default(),
+            les: None,
+            pts: None,
             layers: LayerSelection::default(),
             overrides: Vec::new(),
+            ptqd: None,
         }
     }
 }
@@ -1005,6 +1206,77 @@ impl QuantConfig {
             unbounded,
         )?;
 
+        if let Some(l) = &self.les {
+            if l.enabled {
+                require(
+                    file,
+                    "les.iters",
+                    l.iters >= 1,
+                    "must be at least 1 when les.enabled = true",
+                )?;
+            }
+            require(file, "les.batch", l.batch >= 1, "must be at least 1")?;
+            check_float(file, "les.lr", l.lr, positive, unbounded)?;
+            check_float(file, "les.momentum", l.momentum, (0.0, true), (1.0, true))?;
+            check_float(file, "les.r", l.r, (0.0, false), unbounded)?;
+        }
+        if let Some(p) = &self.pts {
+            for (i, g) in p.layers.iter().enumerate() {
+                glob(g).map_err(|e| QuantConfigError::Field {
+                    file: file.into(),
+                    field: format!("pts.layers[{i}]"),
+                    message: format!("invalid pattern: {e}"),
+                })?;
+            }
+            check_range(file, "pts.max_shift", p.max_shift, 0, 7, "must be 0..=7")?;
+            check_float(
+                file,
+                "pts.threshold",
+                p.threshold,
+                (0.0, true),
+                (1.0, false),
+            )?;
+        }
+        if let Some(p) = &self.ptqd {
+            for (i, part) in p.parts.iter().enumerate() {
+                require(
+                    file,
+                    &format!("ptqd.parts[{i}]"),
+                    !p.parts[..i].contains(part),
+                    format!("\"{}\" is listed twice", part.name()),
+                )?;
+            }
+            require(file, "ptqd.samples", p.samples >= 1, "must be at least 1")?;
+            require(file, "ptqd.batch", p.batch >= 1, "must be at least 1")?;
+            require(
+                file,
+                "ptqd.mixed_act_bits",
+                p.mixed_act_bits.is_empty() || self.activations.bits < ACT_FLOAT_BITS,
+                "mixed precision picks among activation quantizers: activations.bits must be \
+                 below 16",
+            )?;
+            for (i, &b) in p.mixed_act_bits.iter().enumerate() {
+                let field = format!("ptqd.mixed_act_bits[{i}]");
+                check_range(
+                    file,
+                    &field,
+                    b,
+                    ACT_BITS.0,
+                    self.activations.bits.saturating_sub(1),
+                    &format!(
+                        "must be 2..activations.bits ({}): the lower widths offered per step",
+                        self.activations.bits
+                    ),
+                )?;
+                require(
+                    file,
+                    &field,
+                    !p.mixed_act_bits[..i].contains(&b),
+                    format!("{b} is listed twice"),
+                )?;
+            }
+        }
+
         for (i, p) in self.layers.keep_float.iter().enumerate() {
             glob(p).map_err(|e| QuantConfigError::Field {
                 file: file.into(),
@@ -1174,7 +1446,8 @@ impl QuantConfig {
 
     /// The `--fast` variant: at most [`FAST_SAMPLES_PER_STEP`] samples at each of at most
     /// [`FAST_STEPS_SAMPLED`] calibrated steps, at most [`FAST_ITERS`] reconstruction iterations
-    /// per unit (both stages) on mini-batches of at most [`FAST_RECON_BATCH`]; everything else
+    /// per unit (both stages) on mini-batches of at most [`FAST_RECON_BATCH`], at most
+    /// [`FAST_PTQD_SAMPLES`] PTQD trajectories; everything else
     /// (bits, layer selection, sampler, β schedule as fractions of the iterations) unchanged. The
     /// name gets the suffix `-fast`.
     ///
@@ -1193,6 +1466,13 @@ impl QuantConfig {
         r.iters = r.iters.min(FAST_ITERS);
         r.act_iters = r.act_iters.min(FAST_ITERS);
         r.batch = r.batch.min(FAST_RECON_BATCH);
+        if let Some(l) = &mut c.les {
+            l.iters = l.iters.min(FAST_LES_ITERS);
+            l.batch = l.batch.min(FAST_RECON_BATCH);
+        }
+        if let Some(p) = &mut c.ptqd {
+            p.samples = p.samples.min(FAST_PTQD_SAMPLES);
+        }
         if !c.name.ends_with("-fast") {
             c.name.push_str("-fast");
         }

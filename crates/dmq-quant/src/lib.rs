@@ -6,6 +6,7 @@ pub mod adaround;
 pub mod artifact;
 pub mod calib;
 pub mod config;
+pub mod fused;
 pub mod pack;
 pub mod ptq;
 pub mod qweight;

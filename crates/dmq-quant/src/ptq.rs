@@ -11,11 +11,13 @@ use candle_core::{DType, Tensor};
 use dmq_model::unet2d::units::Unit;
 use dmq_model::{ModelError, UNet2DModel};
 
-use crate::act_calib::{calibrate_activations, LayerQuantPlan};
+use std::sync::Arc;
+
+use crate::act_calib::{calibrate_activations, LayerQuantPlan, ShiftVoter};
 use crate::adaround::BetaSchedule;
 use crate::artifact::{self, ArtifactError, QuantLayer};
 use crate::calib::CalibSet;
-use crate::config::{ActRange, QuantConfig, ReconInputs, ReconUnit, Rounding};
+use crate::config::{ActRange, LayerPlan, QuantConfig, ReconInputs, ReconUnit, Rounding};
 use crate::qweight::{init_part_params, QuantWeight};
 use crate::recon::{self, ReconSettings, UnitData};
 use crate::uniform::{QuantError, UniformParams};
@@ -93,6 +95,76 @@ pub struct PtqOutcome {
     pub weight_rel_error: BTreeMap<String, f64>,
     /// Wall time of each stage, in order.
     pub stage_seconds: Vec<(String, f64)>,
+    /// Float checkpoint tensors a method changed (e.g. a bias that absorbed a folded scale), by
+    /// tensor name: the artifact stores these instead of the base model's.
+    pub float_replaced: BTreeMap<String, Tensor>,
+    /// Layers whose equivalent scale was folded into another layer: folded layer → host layer.
+    pub scale_folded: BTreeMap<String, String>,
+}
+
+/// What a method adds to the base pipeline; DMQ's LES and PTS (in `dmq-methods`) are hooks.
+pub trait PtqHooks {
+    /// Before the weight quantizers are initialised, with every layer float: may rescale layers
+    /// (LES sets `W·γ` as the weight and `γ` as the input scale, which every later stage sees).
+    #[allow(clippy::too_many_arguments)]
+    fn before_weights(
+        &mut self,
+        model: &mut UNet2DModel,
+        cfg: &QuantConfig,
+        set: &CalibSet,
+        plans: &BTreeMap<String, LayerPlan>,
+        splits: &BTreeMap<String, usize>,
+        opts: &PtqOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<()>;
+
+    /// The chooser of power-of-two step factors, for recipes with `[pts]`.
+    fn shift_voter(&self) -> Option<Arc<dyn ShiftVoter>>;
+
+    /// After the last stage: may rewrite the outcome (e.g. fold scales), leaving the model
+    /// computing what the outcome describes.
+    fn finish(&mut self, model: &mut UNet2DModel, outcome: &mut PtqOutcome) -> Result<()>;
+
+    /// What the method wants in the artifact's manifest (`extra`) and report.
+    fn report(&self) -> serde_json::Value;
+}
+
+/// The base pipeline alone.
+pub struct NoHooks;
+
+impl PtqHooks for NoHooks {
+    fn before_weights(
+        &mut self,
+        _: &mut UNet2DModel,
+        cfg: &QuantConfig,
+        _: &CalibSet,
+        _: &BTreeMap<String, LayerPlan>,
+        _: &BTreeMap<String, usize>,
+        _: &PtqOptions,
+        _: &mut dyn Progress,
+    ) -> Result<()> {
+        if cfg.les.as_ref().is_some_and(|l| l.enabled)
+            || cfg.pts.as_ref().is_some_and(|p| p.enabled)
+        {
+            return Err(unsupported(
+                cfg,
+                "uses DMQ's [les]/[pts], which run through dmq_methods::dmq (the `dmq` CLI does this)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn shift_voter(&self) -> Option<Arc<dyn ShiftVoter>> {
+        None
+    }
+
+    fn finish(&mut self, _: &mut UNet2DModel, _: &mut PtqOutcome) -> Result<()> {
+        Ok(())
+    }
+
+    fn report(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 fn unsupported(cfg: &QuantConfig, message: impl Into<String>) -> PtqError {
@@ -162,6 +234,18 @@ pub fn quantize(
     opts: &PtqOptions,
     progress: &mut dyn Progress,
 ) -> Result<PtqOutcome> {
+    quantize_with(model, cfg, set, opts, &mut NoHooks, progress)
+}
+
+/// [`quantize`] with a method's `hooks` around the base stages.
+pub fn quantize_with(
+    model: &mut UNet2DModel,
+    cfg: &QuantConfig,
+    set: &CalibSet,
+    opts: &PtqOptions,
+    hooks: &mut dyn PtqHooks,
+    progress: &mut dyn Progress,
+) -> Result<PtqOutcome> {
     check_supported(cfg)?;
     let paths = model.layer_paths();
     let plans = cfg.layer_plans(&paths);
@@ -174,6 +258,11 @@ pub fn quantize(
         l.set_exec(None);
     }
     let mut stage_seconds = Vec::new();
+    let t0 = Instant::now();
+    hooks.before_weights(model, cfg, set, &plans, &splits, opts, progress)?;
+    if cfg.les.as_ref().is_some_and(|l| l.enabled) {
+        stage_seconds.push(("equivalent scaling".to_string(), t0.elapsed().as_secs_f64()));
+    }
 
     // 1. Weight quantizer ranges.
     let t0 = Instant::now();
@@ -246,6 +335,7 @@ pub fn quantize(
                 weight: deq.get(path).cloned(),
                 act_bits,
                 split: act_bits.and_then(|_| splits.get(path).copied()),
+                pts: cfg.pts.as_ref().is_some_and(|p| p.applies_to(path)),
             },
         );
     }
@@ -269,10 +359,20 @@ pub fn quantize(
         &act_plans,
         cfg.activations.ema_batch.max(1),
         cfg.activations.ema_momentum,
+        hooks.shift_voter(),
         || progress.inc(1),
     )?;
     stage_seconds.push(("activation ranges".to_string(), t0.elapsed().as_secs_f64()));
 
+    let mut scales = BTreeMap::new();
+    for l in model.layers_mut() {
+        if let Some(g) = l.layer_ref().input_scale {
+            scales.insert(
+                l.path().to_string(),
+                g.to_device(&candle_core::Device::Cpu)?,
+            );
+        }
+    }
     let mut layers = BTreeMap::new();
     for path in act_plans.keys() {
         layers.insert(
@@ -280,15 +380,26 @@ pub fn quantize(
             QuantLayer {
                 weight: weights.get(path).cloned(),
                 activation: acts.get(path).cloned(),
+                equivalent_scale: scales.remove(path),
             },
         );
     }
-    Ok(PtqOutcome {
+    if let Some(path) = scales.keys().next() {
+        return Err(unsupported(
+            cfg,
+            format!("layer `{path}` has an equivalent scale but is not quantized"),
+        ));
+    }
+    let mut outcome = PtqOutcome {
         layers,
         units: units_report,
         weight_rel_error,
         stage_seconds,
-    })
+        float_replaced: BTreeMap::new(),
+        scale_folded: BTreeMap::new(),
+    };
+    hooks.finish(model, &mut outcome)?;
+    Ok(outcome)
 }
 
 fn settings(cfg: &QuantConfig) -> ReconSettings {
@@ -500,13 +611,26 @@ impl Checkpoints {
     fn open(dir: &Path, fingerprint: &str) -> Result<Self> {
         let units = dir.join("units");
         std::fs::create_dir_all(&units).map_err(|e| Self::err(&units, e))?;
+        claim_checkpoint_dir(dir, fingerprint)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+/// Makes `dir` the checkpoint folder of the run `fingerprint`: records it in `dir/run.json`, or
+/// checks that the one recorded there is the same (a folder of another run is an error, never
+/// silently reused). Every stage that checkpoints calls this before reading anything.
+pub fn claim_checkpoint_dir(dir: &Path, fingerprint: &str) -> Result<()> {
+    {
+        std::fs::create_dir_all(dir).map_err(|e| Checkpoints::err(dir, e))?;
         let run = dir.join("run.json");
         match std::fs::read_to_string(&run) {
             Ok(text) => {
                 let v: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| Self::err(&run, e))?;
+                    serde_json::from_str(&text).map_err(|e| Checkpoints::err(&run, e))?;
                 if v.get("fingerprint").and_then(|f| f.as_str()) != Some(fingerprint) {
-                    return Err(Self::err(
+                    return Err(Checkpoints::err(
                         &run,
                         "belongs to another run (model, calibration data or recipe differ); \
                          remove the folder or pass --restart",
@@ -518,11 +642,11 @@ impl Checkpoints {
                 write_atomic(&run, text.as_bytes())?;
             }
         }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-        })
+        Ok(())
     }
+}
 
+impl Checkpoints {
     fn paths(&self, unit: &Unit) -> (PathBuf, PathBuf) {
         let d = self.dir.join("units");
         (
@@ -550,6 +674,7 @@ impl Checkpoints {
                     QuantLayer {
                         weight: Some(w.clone()),
                         activation: None,
+                        equivalent_scale: None,
                     },
                 )
             })

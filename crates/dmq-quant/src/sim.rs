@@ -14,6 +14,7 @@ use dmq_model::ctx::Ctx;
 use dmq_model::layers::{LayerExec, LayerKind, LayerRef};
 use dmq_model::ModelError;
 
+use crate::fused::FakeQuantPerTensor;
 use crate::uniform::{QuantError, UniformParams};
 
 /// Activation parameters of one layer input, one set per calibrated sampling step.
@@ -22,15 +23,34 @@ pub struct PerStepActivation {
     /// Sampling-step index of each parameter set, increasing.
     pub steps: Vec<usize>,
     pub params: Vec<UniformParams>,
+    /// Power-of-two step factors (DMQ's PTS, spec §6): for parameter set `i`, channel `c` of
+    /// this part is quantized with step `Δ_i·2^(−shifts[i][c])` (same zero point). `None`: the
+    /// per-tensor step for every channel.
+    pub shifts: Option<Vec<Vec<u8>>>,
 }
 
 impl PerStepActivation {
     /// One parameter set for every step.
     pub fn shared(params: UniformParams) -> Self {
+        Self::new(vec![0], vec![params])
+    }
+
+    /// Per-tensor parameter sets for `steps`, without PTS.
+    pub fn new(steps: Vec<usize>, params: Vec<UniformParams>) -> Self {
         Self {
-            steps: vec![0],
-            params: vec![params],
+            steps,
+            params,
+            shifts: None,
         }
+    }
+
+    /// The PTS shifts of parameter set `set`, if any channel has a non-zero one.
+    pub fn shifts_of(&self, set: usize) -> Option<&[u8]> {
+        self.shifts
+            .as_ref()
+            .and_then(|s| s.get(set))
+            .map(|v| v.as_slice())
+            .filter(|v| v.iter().any(|&s| s > 0))
     }
 
     /// The set for sampling step `step`: the calibrated step nearest to it (ties: the earlier).
@@ -68,8 +88,8 @@ impl PerStepActivation {
 #[derive(Debug, Default)]
 struct StepTensors(Mutex<HashMap<StepKey, (Tensor, Tensor)>>);
 
-/// (part, parameter set, compute dtype, rank of the input, device).
-type StepKey = (usize, usize, DType, usize, String);
+/// (part, parameter set, compute dtype, rank of the input, channel axis of PTS steps, device).
+type StepKey = (usize, usize, DType, usize, Option<usize>, String);
 
 impl Clone for StepTensors {
     fn clone(&self) -> Self {
@@ -108,12 +128,14 @@ impl LayerActivation {
         Self::new(None, vec![act])
     }
 
-    /// Fake quantization of one part, with the step's `(Δ, z)` cached on `x`'s device. Equal to
-    /// [`UniformParams::fake_quant`] (same ops, same compute dtype).
+    /// Fake quantization of one part: fused in f32 ([`FakeQuantPerTensor`]), else composed with
+    /// the step's `(Δ, z)` cached on `x`'s device. Equal to [`UniformParams::fake_quant`] either
+    /// way (same IEEE ops, same compute dtype).
     fn quantize_part(
         &self,
         part: usize,
         x: &Tensor,
+        axis: usize,
         ctx: &Ctx,
         path: &str,
     ) -> dmq_model::Result<Tensor> {
@@ -125,14 +147,24 @@ impl LayerActivation {
         } else {
             DType::F32
         };
+        let err = |e: QuantError| ModelError::Source(format!("{path}: {e}"));
+        if let Some(shifts) = act.shifts_of(set) {
+            return self.quantize_shifted(part, set, x, axis, params, shifts, dt, path);
+        }
+        if dt == DType::F32 && params.scale.len() == 1 {
+            // One fused pass (bit-identical to the composed version below).
+            let op = FakeQuantPerTensor::new(params).map_err(err)?;
+            let xc = x.detach().to_dtype(dt)?;
+            return Ok(op.forward(&xc).map_err(err)?.to_dtype(x.dtype())?);
+        }
         let key = (
             part,
             set,
             dt,
             x.rank(),
+            None,
             format!("{:?}", x.device().location()),
         );
-        let err = |e: QuantError| ModelError::Source(format!("{path}: {e}"));
         let (d, z) = {
             let mut cache = self.cache.0.lock().expect("activation cache lock");
             match cache.get(&key) {
@@ -155,15 +187,75 @@ impl LayerActivation {
             .to_dtype(x.dtype())?)
     }
 
+    /// PTS: channel `c` quantized with step `Δ_c = Δ·2^(−shift_c)`, i.e.
+    /// `Δ_c·(clamp(round(x/Δ_c) + z, 0, 2^b − 1) − z)`, as `x/Δ_c` (exact per-channel steps),
+    /// one unit-step pass, and `·Δ_c`.
+    #[allow(clippy::too_many_arguments)]
+    fn quantize_shifted(
+        &self,
+        part: usize,
+        set: usize,
+        x: &Tensor,
+        axis: usize,
+        params: &UniformParams,
+        shifts: &[u8],
+        dt: DType,
+        path: &str,
+    ) -> dmq_model::Result<Tensor> {
+        let err = |e: QuantError| ModelError::Source(format!("{path}: {e}"));
+        let c = x.dims()[axis];
+        if shifts.len() != c {
+            return Err(ModelError::Source(format!(
+                "{path}: {} PTS shifts for an input part of {c} channels",
+                shifts.len()
+            )));
+        }
+        let key = (
+            part,
+            set,
+            dt,
+            x.rank(),
+            Some(axis),
+            format!("{:?}", x.device().location()),
+        );
+        let steps = {
+            let mut cache = self.cache.0.lock().expect("activation cache lock");
+            match cache.get(&key) {
+                Some((t, _)) => t.clone(),
+                None => {
+                    let d = params.scale[0];
+                    let v: Vec<f32> = shifts.iter().map(|&s| d / (1u32 << s) as f32).collect();
+                    let mut shape = vec![1; x.rank()];
+                    shape[axis] = c;
+                    let t = Tensor::from_vec(v, shape, x.device())?.to_dtype(dt)?;
+                    cache.insert(key, (t.clone(), t.clone()));
+                    t
+                }
+            }
+        };
+        let xc = x.detach().to_dtype(dt)?.broadcast_div(&steps)?;
+        let q = if dt == DType::F32 {
+            FakeQuantPerTensor::from_parts(1.0, params.zero_point[0], params.bits)
+                .and_then(|op| op.forward(&xc))
+                .map_err(err)?
+        } else {
+            let one =
+                UniformParams::per_tensor(1.0, params.zero_point[0], params.bits).map_err(err)?;
+            one.fake_quant(&xc).map_err(err)?
+        };
+        Ok(q.broadcast_mul(&steps)?.to_dtype(x.dtype())?)
+    }
+
     /// Fake-quantizes `x`, the input of `layer`, at the step of `ctx`.
     pub fn fake_quant(&self, layer: &LayerRef, x: &Tensor, ctx: &Ctx) -> dmq_model::Result<Tensor> {
+        let axis = input_channel_axis(layer.kind, x);
         match self.split {
-            None => self.quantize_part(0, x, ctx, layer.path),
+            None => self.quantize_part(0, x, axis, ctx, layer.path),
             Some(s) => {
-                let axis = input_channel_axis(layer.kind, x);
                 let c = x.dims()[axis];
-                let qa = self.quantize_part(0, &x.narrow(axis, 0, s)?, ctx, layer.path)?;
-                let qb = self.quantize_part(1, &x.narrow(axis, s, c - s)?, ctx, layer.path)?;
+                let qa = self.quantize_part(0, &x.narrow(axis, 0, s)?, axis, ctx, layer.path)?;
+                let qb =
+                    self.quantize_part(1, &x.narrow(axis, s, c - s)?, axis, ctx, layer.path)?;
                 Ok(Tensor::cat(&[&qa, &qb], axis)?)
             }
         }

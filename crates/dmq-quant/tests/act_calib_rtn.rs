@@ -58,7 +58,8 @@ fn per_step_activation_calibration_quantizes_the_model() {
 
     let p8 = plans(&mut unet, 8, 8);
     let mut forwards = 0;
-    let found = calibrate_activations(&mut unet, &set, &p8, 4, 0.95, || forwards += 1).unwrap();
+    let found =
+        calibrate_activations(&mut unet, &set, &p8, 4, 0.95, None, || forwards += 1).unwrap();
     assert_eq!(forwards, 5 * 2, "5 calibrated steps x 2 batches of 4");
     assert_eq!(found.len(), p8.len());
     for act in found.values() {
@@ -79,7 +80,7 @@ fn per_step_activation_calibration_quantizes_the_model() {
     let e8 = rel(&w8a8, &fp);
 
     let p4 = plans(&mut unet, 4, 4);
-    calibrate_activations(&mut unet, &set, &p4, 4, 0.95, || {}).unwrap();
+    calibrate_activations(&mut unet, &set, &p4, 4, 0.95, None, || {}).unwrap();
     let w4a4 = unet
         .forward(&held, Timesteps::Shared(t4), None, &Ctx::at_step(4))
         .unwrap();

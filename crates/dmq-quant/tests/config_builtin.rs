@@ -4,17 +4,24 @@
 use std::path::PathBuf;
 
 use dmq_quant::config::{
-    ActRange, Granularity, QuantConfig, QuantConfigError, ReconInputs, ReconUnit, Rounding,
-    Sampler, Trajectories, WeightRange, DEFAULT_KEEP_FLOAT, FAST_ITERS, FAST_RECON_BATCH,
-    FAST_SAMPLES_PER_STEP, FAST_STEPS_SAMPLED, FORMAT_VERSION,
+    ActRange, Granularity, PtqdConfig, PtqdPart, QuantConfig, QuantConfigError, ReconInputs,
+    ReconUnit, Rounding, Sampler, Trajectories, WeightRange, DEFAULT_KEEP_FLOAT, FAST_ITERS,
+    FAST_LES_ITERS, FAST_PTQD_SAMPLES, FAST_RECON_BATCH, FAST_SAMPLES_PER_STEP, FAST_STEPS_SAMPLED,
+    FORMAT_VERSION,
 };
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 11] = [
     "rtn-w8a8",
     "rtn-w4a8",
     "base-w8a8",
     "base-w4a8",
     "base-w4a6",
+    "dmq-w8a8",
+    "dmq-w4a8",
+    "dmq-w4a6",
+    "ptqd-w4a8",
+    "ptqd-w4a6",
+    "ptqd-w4a8-mp",
 ];
 
 fn configs_dir() -> PathBuf {
@@ -233,6 +240,15 @@ fn fast_scales_calibration_and_iterations_down() {
         back.reconstruction.iters = full.reconstruction.iters;
         back.reconstruction.act_iters = full.reconstruction.act_iters;
         back.reconstruction.batch = full.reconstruction.batch;
+        if let (Some(b), Some(f)) = (back.les.as_mut(), full.les.as_ref()) {
+            assert_eq!(b.iters, FAST_LES_ITERS.min(f.iters), "{name}");
+            assert_eq!(b.batch, FAST_RECON_BATCH.min(f.batch), "{name}");
+            b.iters = f.iters;
+            b.batch = f.batch;
+        }
+        if let (Some(b), Some(f)) = (&mut back.ptqd, &full.ptqd) {
+            b.samples = f.samples;
+        }
         assert_eq!(back, full, "{name}");
         // idempotent, and never raises a value that is already small
         assert_eq!(fast.fast(), fast);
@@ -303,4 +319,50 @@ fn sections_and_fields_default_to_the_spec() {
     )
     .unwrap();
     assert_eq!(j, want);
+}
+
+#[test]
+fn ptqd_recipes_are_their_base_plus_a_ptqd_section() {
+    let strip = |mut c: QuantConfig| {
+        c.name = String::new();
+        c.description = String::new();
+        c
+    };
+    for (name, base) in [
+        ("ptqd-w4a8", "base-w4a8"),
+        ("ptqd-w4a6", "base-w4a6"),
+        ("ptqd-w4a8-mp", "base-w4a8"),
+    ] {
+        let mut p = strip(QuantConfig::builtin(name).unwrap());
+        let section = p
+            .ptqd
+            .take()
+            .unwrap_or_else(|| panic!("{name} has no [ptqd]"));
+        assert_eq!(p, strip(QuantConfig::builtin(base).unwrap()), "{name}");
+        assert_eq!(section.parts, PtqdPart::ALL.to_vec(), "{name}");
+        assert_eq!((section.samples, section.seed, section.batch), (64, 1, 32));
+        let want_mixed: Vec<u8> = if name.ends_with("-mp") {
+            vec![4]
+        } else {
+            vec![]
+        };
+        assert_eq!(section.mixed_act_bits, want_mixed, "{name}");
+    }
+    // recipes without PTQD serialize without the section (old artifacts' recipes read the same)
+    let base = QuantConfig::builtin("base-w4a8").unwrap();
+    assert!(base.ptqd.is_none());
+    assert!(!base.to_json().contains("ptqd"));
+    // the section's defaults
+    let c =
+        QuantConfig::from_toml_str("format_version = 1\nname = \"p\"\n[ptqd]\n", "p.toml").unwrap();
+    assert_eq!(c.ptqd, Some(PtqdConfig::default()));
+    // --fast shrinks the statistics' trajectories only
+    let fast = QuantConfig::builtin("ptqd-w4a8").unwrap().fast();
+    let p = fast.ptqd.unwrap();
+    assert_eq!(p.samples, FAST_PTQD_SAMPLES);
+    assert_eq!(p.parts, PtqdPart::ALL.to_vec());
+    for part in PtqdPart::ALL {
+        assert_eq!(PtqdPart::parse(part.name()), Some(part));
+    }
+    assert_eq!(PtqdPart::parse("nope"), None);
 }

@@ -407,3 +407,33 @@ fn file_level_errors_name_the_file() {
     let e = QuantConfig::from_path(&p).unwrap_err();
     assert_field(&e, &p.display().to_string(), "weights.bits", &["9"]);
 }
+
+#[test]
+fn bad_ptqd_sections_name_the_field() {
+    let with = |section: &str| format!("{BASE}\n[ptqd]\n{section}\n");
+    let e = toml_err(&with("parts = [\"cnc\", \"cnc\"]"));
+    assert_field(&e, "bad.toml", "ptqd.parts[1]", &["twice"]);
+    let e = toml_err(&with("parts = [\"cnc\", \"bias\"]"));
+    assert!(e.to_string().contains("ptqd.parts"), "{e}");
+    assert!(e.to_string().contains("bias"), "{e}");
+    let e = toml_err(&with("samples = 0"));
+    assert_field(&e, "bad.toml", "ptqd.samples", &["at least 1"]);
+    let e = toml_err(&with("batch = 0"));
+    assert_field(&e, "bad.toml", "ptqd.batch", &["at least 1"]);
+    let e = toml_err(&with("mixed_act_bits = [8]"));
+    assert_field(
+        &e,
+        "bad.toml",
+        "ptqd.mixed_act_bits[0]",
+        &["activations.bits (8)"],
+    );
+    let e = toml_err(&with("mixed_act_bits = [4, 4]"));
+    assert_field(&e, "bad.toml", "ptqd.mixed_act_bits[1]", &["twice"]);
+    let e = toml_err(&with("mixed_act_bits = [1]"));
+    assert_field(&e, "bad.toml", "ptqd.mixed_act_bits[0]", &["out of range"]);
+    let e = toml_err(&with("sample = 3"));
+    assert!(e.to_string().contains("sample"), "{e}");
+    let float_acts = edit("bits = 8                      # A8 (§3.4)", "bits = 16");
+    let e = toml_err(&format!("{float_acts}\n[ptqd]\nmixed_act_bits = [4]\n"));
+    assert_field(&e, "bad.toml", "ptqd.mixed_act_bits", &["below 16"]);
+}

@@ -165,6 +165,7 @@ fn base_recipe_reconstructs_resumes_and_reloads_exactly() {
         calibration: serde_json::json!({ "steps": 10 }),
         layers: entries,
         extra: serde_json::Value::Null,
+        ptqd: None,
     };
     let q = tmp.path().join("q");
     let float = pipeline
@@ -188,6 +189,8 @@ fn base_recipe_reconstructs_resumes_and_reloads_exactly() {
         units: Vec::new(),
         weight_rel_error: BTreeMap::new(),
         stage_seconds: Vec::new(),
+        float_replaced: BTreeMap::new(),
+        scale_folded: BTreeMap::new(),
     };
     assert_eq!(codes(&reread), codes(&full));
     let eps_loaded = eps_at_step(&loaded, &set);

@@ -48,10 +48,7 @@ fn w8_weights_stay_close_and_per_step_activation_sets_switch() {
     // conv_out's input quantized with a coarse set at steps 0..4 and a fine one from step 5.
     let coarse = UniformParams::from_range(-4.0, 4.0, 2).unwrap();
     let fine = UniformParams::from_range(-4.0, 4.0, 8).unwrap();
-    let act = PerStepActivation {
-        steps: vec![0, 5],
-        params: vec![coarse, fine],
-    };
+    let act = PerStepActivation::new(vec![0, 5], vec![coarse, fine]);
     for mut l in unet.layers_mut() {
         if l.path() == "conv_out" {
             let w = l.layer_ref().weight.clone();

@@ -5,7 +5,8 @@ use candle_core::Tensor;
 use crate::config::ScheduleConfig;
 use crate::error::{Result, SchedError};
 use crate::scheduler::{
-    check_alpha_positive, clip, noise_like, predict_x0_eps, Scheduler, StepOutput,
+    check_alpha_positive, check_std, clip, noise_like, output_derivatives, predict_x0_eps,
+    Scheduler, StepOutput, StepTerms,
 };
 
 /// The f64 coefficients of one DDIM step.
@@ -110,17 +111,48 @@ impl Scheduler for Ddim {
         index < self.timesteps.len() && self.eta > 0.0
     }
 
-    fn step(
+    fn step_terms(&self, index: usize) -> Result<StepTerms> {
+        let c = self.coefs.get(index).ok_or(SchedError::StepIndex {
+            index,
+            len: self.coefs.len(),
+        })?;
+        // x_{t−1} = √ᾱ_{t−1}·x₀ + dir·ε + σz, with x₀ and ε affine in the output.
+        let (dx0, deps) = output_derivatives(self.cfg.prediction_type, c.alpha_prod_t);
+        Ok(StepTerms {
+            timestep: c.timestep,
+            alpha_prod_t: c.alpha_prod_t,
+            std_dev: c.std_dev,
+            output_weight: c.alpha_prod_t_prev.sqrt() * dx0 + c.direction * deps,
+        })
+    }
+
+    fn step_with_std(
         &self,
         index: usize,
         model_output: &Tensor,
         sample: &Tensor,
         noise: Option<&Tensor>,
+        std_dev: Option<f64>,
     ) -> Result<StepOutput> {
         let c = self.coefs.get(index).ok_or(SchedError::StepIndex {
             index,
             len: self.coefs.len(),
         })?;
+        let (std_dev, direction) = match std_dev {
+            None => (c.std_dev, c.direction),
+            Some(s) => {
+                check_std("DDIM", index, s)?;
+                let dir2 = 1.0 - c.alpha_prod_t_prev - s * s;
+                if dir2 < -1e-12 {
+                    return Err(SchedError::Invalid(format!(
+                        "DDIM step {index}: noise standard deviation {s} exceeds \
+                         √(1 − ᾱ_prev) = {}",
+                        (1.0 - c.alpha_prod_t_prev).sqrt()
+                    )));
+                }
+                (s, dir2.max(0.0).sqrt())
+            }
+        };
         let (x0, eps) = predict_x0_eps(
             self.cfg.prediction_type,
             c.alpha_prod_t,
@@ -129,14 +161,16 @@ impl Scheduler for Ddim {
         )?;
         let x0 = clip(&self.cfg, x0)?;
         let mut prev =
-            (x0.affine(c.alpha_prod_t_prev.sqrt(), 0.0)? + eps.affine(c.direction, 0.0)?)?;
-        if self.needs_noise(index) {
+            (x0.affine(c.alpha_prod_t_prev.sqrt(), 0.0)? + eps.affine(direction, 0.0)?)?;
+        // The scheduled step draws noise whenever eta > 0 (diffusers); a replacement σ > 0 at
+        // eta = 0 needs noise too.
+        if self.needs_noise(index) || std_dev > 0.0 {
             let noise = noise.ok_or(SchedError::MissingNoise {
                 sampler: "DDIM",
                 index,
                 timestep: c.timestep,
             })?;
-            prev = (prev + noise_like(noise, sample)?.affine(c.std_dev, 0.0)?)?;
+            prev = (prev + noise_like(noise, sample)?.affine(std_dev, 0.0)?)?;
         }
         Ok(StepOutput {
             prev_sample: prev,

@@ -5,7 +5,8 @@ use candle_core::Tensor;
 use crate::config::{ScheduleConfig, VarianceType};
 use crate::error::{Result, SchedError};
 use crate::scheduler::{
-    check_alpha_positive, clip, noise_like, predict_x0_eps, Scheduler, StepOutput,
+    check_alpha_positive, check_std, clip, noise_like, output_derivatives, predict_x0_eps,
+    Scheduler, StepOutput, StepTerms,
 };
 
 /// The f64 coefficients of one DDPM step.
@@ -98,17 +99,37 @@ impl Scheduler for Ddpm {
         self.coefs.get(index).is_some_and(|c| c.adds_noise)
     }
 
-    fn step(
+    fn step_terms(&self, index: usize) -> Result<StepTerms> {
+        let c = self.coefs.get(index).ok_or(SchedError::StepIndex {
+            index,
+            len: self.coefs.len(),
+        })?;
+        // x_{t−1} = x0_coef·x₀ + sample_coef·xₜ + σz: only x₀ depends on the output.
+        let (dx0, _) = output_derivatives(self.cfg.prediction_type, c.alpha_prod_t);
+        Ok(StepTerms {
+            timestep: c.timestep,
+            alpha_prod_t: c.alpha_prod_t,
+            std_dev: if c.adds_noise { c.std_dev } else { 0.0 },
+            output_weight: c.x0_coef * dx0,
+        })
+    }
+
+    fn step_with_std(
         &self,
         index: usize,
         model_output: &Tensor,
         sample: &Tensor,
         noise: Option<&Tensor>,
+        std_dev: Option<f64>,
     ) -> Result<StepOutput> {
         let c = self.coefs.get(index).ok_or(SchedError::StepIndex {
             index,
             len: self.coefs.len(),
         })?;
+        if let Some(s) = std_dev {
+            check_std("DDPM", index, s)?;
+        }
+        let std_dev = std_dev.unwrap_or(c.std_dev);
         let (x0, _) = predict_x0_eps(
             self.cfg.prediction_type,
             c.alpha_prod_t,
@@ -123,7 +144,7 @@ impl Scheduler for Ddpm {
                 index,
                 timestep: c.timestep,
             })?;
-            prev = (prev + noise_like(noise, sample)?.affine(c.std_dev, 0.0)?)?;
+            prev = (prev + noise_like(noise, sample)?.affine(std_dev, 0.0)?)?;
         }
         Ok(StepOutput {
             prev_sample: prev,

@@ -1,5 +1,6 @@
 //! Diffusion samplers for dmq: diffusers-exact DDPM and DDIM schedulers read from
-//! `scheduler_config.json`, seeded batch-independent noise, and the sampling loop.
+//! `scheduler_config.json`, seeded batch-independent noise, and the sampling loop, with a hook
+//! for correcting the model output and calibrating the sampler's variance ([`correction`]).
 //!
 //! The training schedule (betas, ᾱ) is computed in f64; per-step tensor arithmetic runs in the
 //! sample's dtype with f64 scalar coefficients.
@@ -25,6 +26,7 @@
 //! ```
 
 mod config;
+pub mod correction;
 mod ddim;
 mod ddpm;
 mod error;
@@ -38,9 +40,10 @@ pub use config::{
     rescale_zero_terminal_snr, BetaSchedule, PredictionType, ScheduleConfig, TimestepSpacing,
     VarianceType,
 };
+pub use correction::{calibrate_variance, corrected_step, OutputCorrection, VarianceCalibration};
 pub use ddim::{Ddim, DdimCoefficients};
 pub use ddpm::{Ddpm, DdpmCoefficients};
 pub use error::{Result, SchedError};
 pub use noise::{NoisePurpose, NoiseSource};
-pub use sample::sample;
-pub use scheduler::{build, SamplerKind, Scheduler, StepOutput};
+pub use sample::{sample, sample_corrected};
+pub use scheduler::{build, SamplerKind, Scheduler, StepOutput, StepTerms};

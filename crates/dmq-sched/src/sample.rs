@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 
+use crate::correction::{corrected_step, OutputCorrection};
 use crate::error::Result;
 use crate::scheduler::Scheduler;
 
@@ -27,6 +28,29 @@ where
     N: FnMut(usize) -> Result<Option<Tensor>>,
     S: FnMut(usize),
 {
+    sample_corrected(sched, x_t, &mut denoise, &mut noise, &mut on_step, None)
+}
+
+/// [`sample`] with the model output corrected at every step (see [`crate::correction`]): the
+/// scheduler steps with `correction.correct(..)` of the denoiser's output, its noise calibrated
+/// for the correction's residual variance. With `correction = None` this is [`sample`].
+///
+/// `noise(i)` is asked for exactly at the steps where the uncorrected sampler asks for it (plus
+/// any step whose calibrated σ' > 0 at a deterministic scheduled step, which PTQD never
+/// produces), so corrected and uncorrected runs from one seed share every noise draw.
+pub fn sample_corrected<F, N, S>(
+    sched: &dyn Scheduler,
+    x_t: Tensor,
+    mut denoise: F,
+    mut noise: N,
+    mut on_step: S,
+    correction: Option<&dyn OutputCorrection>,
+) -> Result<Tensor>
+where
+    F: FnMut(&Tensor, usize, usize) -> Result<Tensor>,
+    N: FnMut(usize) -> Result<Option<Tensor>>,
+    S: FnMut(usize),
+{
     let mut x = x_t;
     for (i, &t) in sched.timesteps().iter().enumerate() {
         let model_output = denoise(&x, t, i)?;
@@ -35,7 +59,14 @@ where
         } else {
             None
         };
-        x = sched.step(i, &model_output, &x, n.as_ref())?.prev_sample;
+        x = match correction {
+            None => sched.step(i, &model_output, &x, n.as_ref())?.prev_sample,
+            Some(c) => {
+                corrected_step(sched, i, &model_output, &x, n.as_ref(), c)?
+                    .0
+                    .prev_sample
+            }
+        };
         on_step(i);
     }
     Ok(x)
@@ -131,6 +162,54 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.to_string(), "model failed");
         assert_eq!(steps, 2);
+    }
+
+    /// Identity output, a fixed residual variance.
+    struct Residual(f64);
+
+    impl crate::correction::OutputCorrection for Residual {
+        fn correct(&self, _: usize, _: usize, o: &Tensor) -> Result<Tensor> {
+            Ok(o.clone())
+        }
+        fn residual_variance(&self, _: usize, _: usize) -> Result<f64> {
+            Ok(self.0)
+        }
+    }
+
+    #[test]
+    fn corrected_loop_draws_the_same_noise_and_is_a_noop_at_eta_zero() {
+        let cfg = ScheduleConfig::default();
+        let ns = NoiseSource::new(5);
+        let shape = [1, 3, 3];
+        let run = |eta: f64, correction: Option<&dyn crate::correction::OutputCorrection>| {
+            let sched = build(SamplerKind::Ddim { eta }, &cfg, 6).unwrap();
+            let mut asked = Vec::new();
+            let x = sample_corrected(
+                &*sched,
+                ns.initial(&[0], &shape, &Device::Cpu).unwrap(),
+                |x, t, _| fake_eps(x, t),
+                |i| {
+                    asked.push(i);
+                    Ok(Some(ns.step_noise(i, &[0], &shape, &Device::Cpu)?))
+                },
+                |_| {},
+                correction,
+            )
+            .unwrap();
+            (x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), asked)
+        };
+        // eta 0: variance calibration is a no-op, bit for bit
+        let (plain, asked0) = run(0.0, None);
+        let (vsc, asked1) = run(0.0, Some(&Residual(0.2)));
+        assert_eq!(plain, vsc);
+        assert!(asked0.is_empty() && asked1.is_empty());
+        // eta 1: same noise draws, a different (less noisy) result
+        let (plain, asked0) = run(1.0, None);
+        let (vsc, asked1) = run(1.0, Some(&Residual(0.2)));
+        let (zero, _) = run(1.0, Some(&Residual(0.0)));
+        assert_eq!(asked0, asked1);
+        assert_eq!(plain, zero, "a zero residual changes nothing");
+        assert_ne!(plain, vsc);
     }
 
     #[test]

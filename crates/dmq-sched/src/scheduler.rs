@@ -16,6 +16,23 @@ pub struct StepOutput {
     pub pred_original_sample: Tensor,
 }
 
+/// The scalars of one step that a correction of the model output needs (PTQD's variance schedule
+/// calibration, [`crate::correction`]): ᾱₜ, the standard deviation of the gaussian noise the step
+/// adds, and the weight of the model output in x_{t−1}.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTerms {
+    pub timestep: usize,
+    /// ᾱ at this step's timestep.
+    pub alpha_prod_t: f64,
+    /// σₜ of the added noise as scheduled (0 when the step adds none, e.g. DDIM with eta 0 or
+    /// DDPM at t = 0).
+    pub std_dev: f64,
+    /// ∂x_{t−1}/∂(model output), elementwise, of the step without x₀ clipping: an error of
+    /// variance v in the model output adds `output_weight² · v` to the variance of x_{t−1}.
+    /// The sign is kept (it is negative for ε prediction) but only its square matters.
+    pub output_weight: f64,
+}
+
 /// A sampler over a fixed list of timesteps, stepped by index into that list.
 ///
 /// Steps are addressed by their index `0..timesteps().len()` (0 is the noisiest), not by the
@@ -43,7 +60,51 @@ pub trait Scheduler: Send + Sync {
         model_output: &Tensor,
         sample: &Tensor,
         noise: Option<&Tensor>,
+    ) -> Result<StepOutput> {
+        self.step_with_std(index, model_output, sample, noise, None)
+    }
+
+    /// The scalars of step `index` that output corrections need (see [`StepTerms`]).
+    fn step_terms(&self, index: usize) -> Result<StepTerms>;
+
+    /// [`step`](Scheduler::step) with the standard deviation of the added noise replaced by
+    /// `std_dev` (`None`: the scheduled one, bit for bit what `step` computes). This is how
+    /// variance schedule calibration lowers the sampler's own noise; for DDIM the replaced σ
+    /// also enters the direction term √(1 − ᾱ_{t−1} − σ²), as in PTQD's reference sampler.
+    ///
+    /// A replacement `std_dev` must be finite, ≥ 0 and (DDIM) at most √(1 − ᾱ_{t−1}). Noise is
+    /// needed whenever the step adds noise with the σ used, and a replacement never makes a
+    /// step that adds no noise (DDPM at t = 0) add some.
+    fn step_with_std(
+        &self,
+        index: usize,
+        model_output: &Tensor,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+        std_dev: Option<f64>,
     ) -> Result<StepOutput>;
+}
+
+/// Checks a replacement standard deviation given to [`Scheduler::step_with_std`].
+pub(crate) fn check_std(sampler: &str, index: usize, std_dev: f64) -> Result<()> {
+    if !(std_dev.is_finite() && std_dev >= 0.0) {
+        return Err(SchedError::Invalid(format!(
+            "{sampler} step {index}: the noise standard deviation must be finite and ≥ 0, got {std_dev}"
+        )));
+    }
+    Ok(())
+}
+
+/// ∂x₀/∂(model output) and ∂ε/∂(model output) of [`predict_x0_eps`] at ᾱₜ = `alpha_prod_t`
+/// (both conversions are affine in the output).
+pub(crate) fn output_derivatives(prediction_type: PredictionType, alpha_prod_t: f64) -> (f64, f64) {
+    let sa = alpha_prod_t.sqrt();
+    let sb = (1.0 - alpha_prod_t).sqrt();
+    match prediction_type {
+        PredictionType::Epsilon => (-sb / sa, 1.0),
+        PredictionType::Sample => (1.0, -sa / sb),
+        PredictionType::VPrediction => (-sb, sa),
+    }
 }
 
 /// Which sampler to build.

@@ -29,6 +29,8 @@ pub struct EvalArgs {
     pub exec: ExecArgs,
     #[command(flatten)]
     pub protocol: ProtocolArgs,
+    #[command(flatten)]
+    pub ptqd: super::ptqd::PtqdSampleArgs,
     /// Number of images to sample and score.
     #[arg(long, default_value_t = 10_000)]
     pub num: usize,
@@ -68,7 +70,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let loaded = args.model.load_exec(args.exec.exec)?;
     let (pipeline, unet) = (loaded.pipeline, loaded.unet);
     let sched = scheduler_for(&pipeline, &args.protocol)?;
-    let proto = protocol(
+    let correction =
+        super::ptqd::correction_for(&pipeline, &args.protocol, &*sched, &args.ptqd.ptqd_parts)?;
+    let mut proto = protocol(
         &pipeline.name,
         &args.protocol,
         None,
@@ -76,6 +80,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         args.exec.exec,
         sched.timesteps(),
     );
+    if let Some(c) = &correction {
+        proto["ptqd"] = c.describe();
+        eprintln!("PTQD: {}", c.summary());
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let samples_dir = args.out.join("samples");
@@ -90,6 +98,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         out: &samples_dir,
         overwrite: args.overwrite,
         label: "sampling",
+        correction: correction.as_ref().map(|c| c.correction()),
     };
     let sampled = sample_to_folder(&job)?;
 
@@ -133,6 +142,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             out: &dir,
             overwrite: args.overwrite,
             label: "sampling (full precision)",
+            correction: None,
         };
         sample_to_folder(&fp_job)?;
         let pairs = compare_sets(
@@ -163,9 +173,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
                             .forward(x, Timesteps::Shared(t as f64), None, &ctx)
                             .map_err(SchedError::other)?;
                         let xq = x.to_dtype(unet.dtype())?;
-                        let e_q = unet
+                        let mut e_q = unet
                             .forward(&xq, Timesteps::Shared(t as f64), None, &ctx)
                             .map_err(SchedError::other)?;
+                        // the error of what the sampler steps with: after PTQD's correction
+                        if let Some(c) = &correction {
+                            e_q = c.correction().correct(i, t, &e_q)?;
+                        }
                         errs.add(i, &e_fp, &e_q.to_dtype(e_fp.dtype())?)
                             .map_err(SchedError::other)?;
                         Ok(e_fp)

@@ -3,6 +3,7 @@ pub mod eval;
 pub mod fid;
 pub mod gpu_check;
 pub mod inspect;
+pub mod ptqd;
 pub mod quantize;
 pub mod quantize_report;
 pub mod sample;

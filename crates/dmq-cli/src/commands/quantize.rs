@@ -11,20 +11,26 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use dmq_methods::ptqd::{run_after_quantize, AfterQuantize, Parts, Protocol, PtqdSection};
 use dmq_quant::artifact::{self, Manifest};
 use dmq_quant::calib::{self, CalibSpec};
-use dmq_quant::config::{QuantConfig, Sampler as CalibSampler, Trajectories};
+use dmq_quant::config::{
+    PtqdConfig, QuantConfig, Sampler as CalibSampler, TimeWeighting, Trajectories,
+};
 use dmq_quant::ptq::{self, Progress, PtqOptions};
+use dmq_sched::OutputCorrection;
 
-use super::sample::{scheduler_for, write_json_atomic, ProtocolArgs, Sampler};
+use super::sample::{
+    sampler_kind, schedule_config, scheduler_for, write_json_atomic, ProtocolArgs, Sampler,
+};
 use super::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A built-in recipe (rtn-w8a8, rtn-w4a8, base-w8a8, base-w4a8, base-w4a6) or a recipe file
-    /// (.toml or .json).
+    /// A built-in recipe (rtn-w8a8, rtn-w4a8, base-w8a8, base-w4a8, base-w4a6, dmq-w8a8,
+    /// dmq-w4a8, dmq-w4a6, ptqd-w4a8, ptqd-w4a6, ptqd-w4a8-mp) or a recipe file (.toml or .json).
     #[arg(long, short = 'r', default_value = "base-w4a8")]
     pub recipe: String,
     /// The recipe's quick variant: fewer calibration samples and reconstruction iterations
@@ -34,6 +40,19 @@ pub struct QuantizeArgs {
     /// Override the recipe's reconstruction iterations per unit [default: the recipe's].
     #[arg(long)]
     pub iters: Option<usize>,
+    /// Override the recipe's LES iterations per layer (DMQ recipes) [default: the recipe's].
+    #[arg(long)]
+    pub les_iters: Option<usize>,
+    /// Override the recipe's LES time-step weighting: adaptive, linear or uniform (DMQ
+    /// ablations) [default: the recipe's].
+    #[arg(long)]
+    pub les_weighting: Option<String>,
+    /// Turn the recipe's LES off (DMQ ablations).
+    #[arg(long, default_value_t = false)]
+    pub no_les: bool,
+    /// Turn the recipe's power-of-two scaling off (DMQ ablations).
+    #[arg(long, default_value_t = false)]
+    pub no_pts: bool,
     /// Output folder of the quantized model.
     #[arg(long, short = 'o', default_value = "quantized")]
     pub out: PathBuf,
@@ -59,12 +78,45 @@ pub struct QuantizeArgs {
     /// end (preview.png, PSNR in report.json); 0 skips it.
     #[arg(long, default_value_t = 8)]
     pub preview: usize,
+    /// PTQD on top of the recipe: the quantized model's noise-prediction error is measured
+    /// against the full-precision model along FP trajectories of the calibration protocol
+    /// (correlation k_t, per-channel bias, residual σ_q per step), stored in the artifact and
+    /// corrected when sampling. Uses the recipe's [ptqd] section, or PTQD's defaults (all parts,
+    /// 64 trajectories, seed 1) when it has none; the ptqd-* recipes have it on already.
+    #[arg(long, default_value_t = false)]
+    pub ptqd: bool,
+    /// PTQD corrections the artifact applies when sampled, unless `dmq sample --ptqd-parts`
+    /// says otherwise: `all`, `none`, or a comma-separated subset of cnc (correlated noise
+    /// correction), bc (bias correction), vsc (variance schedule calibration; no-op at eta 0)
+    /// [default: the recipe's ptqd.parts, i.e. cnc,bc,vsc].
+    #[arg(long)]
+    pub ptqd_parts: Option<String>,
+    /// FP trajectories PTQD's statistics are measured on [default: the recipe's ptqd.samples:
+    /// 64, 8 with --fast].
+    #[arg(long)]
+    pub ptqd_samples: Option<usize>,
 }
 
 /// An indicatif bar per stage.
-struct Bars {
+pub struct Bars {
     bar: Option<ProgressBar>,
     started: Instant,
+}
+
+impl Bars {
+    pub fn new() -> Self {
+        Self {
+            bar: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Ends the current stage's bar.
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
 }
 
 impl Progress for Bars {
@@ -120,7 +172,7 @@ fn cache_root(arg: &Option<PathBuf>) -> PathBuf {
 }
 
 /// sha256 of the UNet config and weights: identity of the model for caches and checkpoints.
-fn model_fingerprint(pipeline: &dmq_model::Pipeline) -> Result<String> {
+pub fn model_fingerprint(pipeline: &dmq_model::Pipeline) -> Result<String> {
     let cfg = pipeline.unet_config.read_to_string()?;
     let weights: Vec<u8> = match &pipeline.unet_weights {
         dmq_model::source::FileRef::Path(p) => {
@@ -129,6 +181,48 @@ fn model_fingerprint(pipeline: &dmq_model::Pipeline) -> Result<String> {
         dmq_model::source::FileRef::Static { bytes, .. } => bytes.to_vec(),
     };
     Ok(calib::fingerprint(&[cfg.as_bytes(), &weights]))
+}
+
+/// `--les-iters`, `--les-weighting`, `--no-les`, `--no-pts`: each changes the recipe's name so
+/// artifacts and reports say what ran.
+fn apply_method_flags(cfg: &mut QuantConfig, args: &QuantizeArgs) -> Result<()> {
+    let needs_les = |flag: &str, cfg: &QuantConfig| -> Result<()> {
+        if cfg.les.as_ref().is_some_and(|l| l.enabled) {
+            Ok(())
+        } else {
+            bail!("{flag}: recipe `{}` has no [les] section", cfg.name)
+        }
+    };
+    if let Some(n) = args.les_iters {
+        needs_les("--les-iters", cfg)?;
+        if n == 0 {
+            bail!("--les-iters must be at least 1");
+        }
+        cfg.les.as_mut().expect("checked").iters = n;
+        cfg.name = format!("{}-les{n}", cfg.name);
+    }
+    if let Some(w) = &args.les_weighting {
+        needs_les("--les-weighting", cfg)?;
+        let kind: TimeWeighting = serde_json::from_value(json!(w)).map_err(|_| {
+            anyhow::anyhow!("--les-weighting {w}: expected adaptive, linear or uniform")
+        })?;
+        cfg.les.as_mut().expect("checked").weighting = kind;
+        cfg.name = format!("{}-{w}", cfg.name);
+    }
+    if args.no_les {
+        needs_les("--no-les", cfg)?;
+        cfg.les = None;
+        cfg.name = format!("{}-noles", cfg.name);
+    }
+    if args.no_pts {
+        if !cfg.pts.as_ref().is_some_and(|p| p.enabled) {
+            bail!("--no-pts: recipe `{}` has no [pts] section", cfg.name);
+        }
+        cfg.pts = None;
+        cfg.name = format!("{}-nopts", cfg.name);
+    }
+    cfg.validate()?;
+    Ok(())
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
@@ -141,6 +235,38 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         cfg.reconstruction.iters = iters;
         cfg.name = format!("{}-iters{iters}", cfg.name);
     }
+    apply_method_flags(&mut cfg, &args)?;
+    if args.ptqd && cfg.ptqd.is_none() {
+        cfg.ptqd = Some(PtqdConfig {
+            samples: if args.fast {
+                dmq_quant::config::FAST_PTQD_SAMPLES
+            } else {
+                PtqdConfig::default().samples
+            },
+            ..PtqdConfig::default()
+        });
+        cfg.name = format!("{}+ptqd", cfg.name);
+    }
+    if args.ptqd_parts.is_some() || args.ptqd_samples.is_some() {
+        let Some(p) = cfg.ptqd.as_mut() else {
+            bail!(
+                "--ptqd-parts/--ptqd-samples configure PTQD: add --ptqd or use a recipe with a \
+                 [ptqd] section"
+            );
+        };
+        if let Some(parts) = &args.ptqd_parts {
+            p.parts = Parts::parse(parts)
+                .with_context(|| format!("--ptqd-parts {parts}"))?
+                .to_list();
+        }
+        if let Some(n) = args.ptqd_samples {
+            if n == 0 {
+                bail!("--ptqd-samples must be at least 1");
+            }
+            p.samples = n;
+        }
+    }
+    cfg.validate()?;
     ptq::check_supported(&cfg)?;
     if cfg.calibration.trajectories != Trajectories::Shared {
         bail!(
@@ -224,10 +350,16 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     if args.restart && ckpt.exists() {
         std::fs::remove_dir_all(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
     }
+    // PTQD runs after the base and changes nothing in it: checkpoints of the same recipe without
+    // [ptqd] are the same run.
+    let base_recipe = QuantConfig {
+        ptqd: None,
+        ..cfg.clone()
+    };
     let run_fingerprint = calib::fingerprint(&[
         fingerprint.as_bytes(),
         serde_json::to_string(&manifest)?.as_bytes(),
-        cfg.to_json().as_bytes(),
+        base_recipe.to_json().as_bytes(),
         format!("{:?}", unet.dtype()).as_bytes(),
     ]);
     let opts = PtqOptions {
@@ -236,9 +368,60 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         capture_budget_bytes: args.capture_mib.max(1) << 20,
         run_fingerprint,
     };
-    let outcome = ptq::quantize(&mut unet, &cfg, &set, &opts, &mut bars)?;
-    if let Some(b) = bars.bar.take() {
-        b.finish();
+    let mut hooks = dmq_methods::dmq::hooks_for(&cfg);
+    let mut outcome = ptq::quantize_with(&mut unet, &cfg, &set, &opts, hooks.as_mut(), &mut bars)?;
+    let method_report = hooks.report();
+    bars.finish();
+
+    // PTQD: statistics against the FP model (and the mixed-precision choice) on the quantized
+    // model as it now is.
+    let mut ptqd_stage = None;
+    if let Some(settings) = &cfg.ptqd {
+        let (_, fp) = args.model.load()?;
+        let protocol_kind = sampler_kind(&protocol)?;
+        let stage = run_after_quantize(
+            AfterQuantize {
+                fp: &fp,
+                quantized: &mut unet,
+                layers: &mut outcome.layers,
+                recipe: &cfg,
+                settings,
+                calib: &set,
+                sched: &*sched,
+                protocol: Protocol::of(protocol_kind, &schedule_config(&pipeline)?, &*sched),
+            },
+            &mut || {
+                args.model
+                    .load()
+                    .map(|(_, m)| m)
+                    .map_err(|e| dmq_methods::ptqd::PtqdError::Stats(format!("{e:#}")))
+            },
+            &mut bars,
+        )?;
+        bars.finish();
+        outcome
+            .stage_seconds
+            .push(("PTQD".to_string(), stage.seconds));
+        let f = &stage.set.steps;
+        bars.message(&format!(
+            "PTQD: k_t {:.4}..{:.4}, sigma_q {:.4}..{:.4} over {} steps{}",
+            f.iter().map(|s| s.fit.k).fold(f64::INFINITY, f64::min),
+            f.iter().map(|s| s.fit.k).fold(0.0, f64::max),
+            f.iter()
+                .map(|s| s.fit.sigma_q)
+                .fold(f64::INFINITY, f64::min),
+            f.iter().map(|s| s.fit.sigma_q).fold(0.0, f64::max),
+            f.len(),
+            match &stage.choices {
+                Some(c) => format!(
+                    ", mixed precision: {} of {} steps at the lower width",
+                    c.iter().filter(|c| c.bits < cfg.activations.bits).count(),
+                    c.len()
+                ),
+                None => String::new(),
+            }
+        ));
+        ptqd_stage = Some((stage, Parts::from_list(&settings.parts)));
     }
 
     // The artifact.
@@ -250,6 +433,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         let q = outcome.layers.get(&path);
         let mut e = artifact::layer_entry(&path, &shape, q)?;
         e.weight_rel_error = outcome.weight_rel_error.get(&path).copied();
+        e.scale_folded_into = outcome.scale_folded.get(&path).cloned();
         layers_json.push(json!({
             "path": path,
             "weight_bits": e.weight.as_ref().map(|w| w.bits),
@@ -281,6 +465,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         "total_seconds": total_seconds,
         "device": args.model.device,
         "dtype": args.model.dtype,
+        "method": method_report,
     });
     let manifest_out = Manifest {
         format: artifact::FORMAT.to_string(),
@@ -291,8 +476,12 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         calibration,
         layers: entries,
         extra: extra.clone(),
+        ptqd: None,
     };
-    let float = pipeline.open_unet_weights(&Device::Cpu, DType::F32)?;
+    let mut float = pipeline.open_unet_weights(&Device::Cpu, DType::F32)?;
+    for (name, t) in &outcome.float_replaced {
+        float.insert(name, t.clone())?;
+    }
     let sched_text = pipeline.scheduler_config_text().ok().map(|(_, t)| t);
     artifact::save(
         &args.out,
@@ -303,74 +492,125 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         &float,
         args.overwrite,
     )?;
+    if let Some((stage, parts)) = &ptqd_stage {
+        PtqdSection {
+            default_parts: *parts,
+            sets: vec![stage.set.clone()],
+        }
+        .write(&args.out)?;
+    }
     let report = json!({
         "recipe": cfg.name,
         "model": pipeline.name,
         "layers": layers_json,
         "units": outcome.units,
+        "method": extra["method"],
         "stage_seconds": extra["stage_seconds"],
         "total_seconds": total_seconds,
         "artifact_bytes": folder_bytes(&args.out),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
     let mut report = report;
+    let ptqd_correction = match &ptqd_stage {
+        Some((stage, parts)) if !parts.is_none() => {
+            Some(dmq_methods::ptqd::PtqdCorrection::new(&stage.set, *parts))
+        }
+        _ => None,
+    };
+    if let Some((stage, parts)) = &ptqd_stage {
+        report["ptqd"] =
+            super::ptqd::report_json(&stage.set, stage.choices.as_deref(), &*sched, *parts)?;
+    }
     if args.preview > 0 {
         let (_, fp) = args.model.load()?;
         let (psnr, picture) = preview(
             &fp,
             &unet,
+            ptqd_correction.as_ref().map(|c| c as &dyn OutputCorrection),
             &*sched,
             args.preview,
             cfg.calibration.seed,
             &mut bars,
         )?;
         dmq_eval::images::save_png_atomic(&picture, &args.out.join("preview.png"))?;
+        let rows = if psnr.len() > 1 {
+            "top FP, middle quantized, bottom quantized + PTQD"
+        } else {
+            "top FP, bottom quantized"
+        };
         bars.message(&format!(
-            "preview: {} images, PSNR {psnr:.2} dB against the full-precision model (preview.png: top FP, bottom quantized)",
-            args.preview
+            "preview: {} images, PSNR {:.2} dB against the full-precision model{} (preview.png: {rows})",
+            args.preview,
+            psnr[0],
+            psnr.get(1)
+                .map(|p| format!(", {p:.2} dB with PTQD ({})", ptqd_stage.as_ref().map_or(String::new(), |(_, p)| p.to_string())))
+                .unwrap_or_default(),
         ));
-        report["preview"] =
-            json!({ "images": args.preview, "psnr_mean_db": psnr, "seed": cfg.calibration.seed });
+        report["preview"] = json!({ "images": args.preview, "psnr_mean_db": psnr[0], "seed": cfg.calibration.seed });
+        if let Some(p) = psnr.get(1) {
+            report["preview"]["psnr_mean_db_ptqd"] = json!(p);
+        }
     }
     write_json_atomic(&args.out.join("report.json"), &report)?;
     super::quantize_report::write_png(&args.out.join("report.png"), &report)?;
+    if report.get("ptqd").is_some() {
+        super::ptqd::write_png(&args.out.join("report-ptqd.png"), &report["ptqd"])?;
+    }
     // The run is complete: its checkpoints are no longer needed.
     let _ = std::fs::remove_dir_all(&ckpt);
     summary(&report, &args.out);
     Ok(())
 }
 
-/// The same `n` seeds sampled by both models: mean PSNR and a picture (FP row above quantized).
+/// The same `n` seeds sampled by both models (and by the quantized one with `correction`, when
+/// given): mean PSNR against FP of each quantized row and a picture (FP row on top).
 fn preview(
     fp: &dmq_model::UNet2DModel,
     q: &dmq_model::UNet2DModel,
+    correction: Option<&dyn OutputCorrection>,
     sched: &dyn dmq_sched::Scheduler,
     n: usize,
     seed: u64,
     bars: &mut Bars,
-) -> Result<(f64, image::RgbImage)> {
+) -> Result<(Vec<f64>, image::RgbImage)> {
     let res = fp
         .config
         .sample_size
         .context("config.json has no sample_size")?;
     let noise = dmq_sched::NoiseSource::new(seed);
     let idx: Vec<usize> = (0..n).collect();
-    bars.stage("preview", 2 * sched.timesteps().len() as u64);
+    let mut runs: Vec<(&dmq_model::UNet2DModel, Option<&dyn OutputCorrection>)> =
+        vec![(fp, None), (q, None)];
+    if correction.is_some() {
+        runs.push((q, correction));
+    }
+    bars.stage("preview", (runs.len() * sched.timesteps().len()) as u64);
     let mut rows = Vec::new();
-    for model in [fp, q] {
-        let x =
-            super::sample::sample_batch(model, sched, &noise, &idx, res, None, |_| bars.inc(1))?;
+    for (model, c) in runs {
+        let x = super::sample::sample_batch_corrected(
+            model,
+            sched,
+            &noise,
+            &idx,
+            res,
+            None,
+            |_| bars.inc(1),
+            c,
+        )?;
         rows.push(dmq_eval::images::to_rgb8(&x)?);
     }
-    if let Some(b) = bars.bar.take() {
-        b.finish();
-    }
-    let psnr = rows[0]
+    bars.finish();
+    let psnr: Vec<f64> = rows[1..]
         .iter()
-        .zip(&rows[1])
-        .map(|(a, b)| dmq_eval::fidelity::psnr(a, b))
-        .sum::<f64>()
-        / n as f64;
+        .map(|row| {
+            rows[0]
+                .iter()
+                .zip(row)
+                .map(|(a, b)| dmq_eval::fidelity::psnr(a, b))
+                .sum::<f64>()
+                / n as f64
+        })
+        .collect();
     let tiles: Vec<image::RgbImage> = rows.concat();
     let grid = dmq_eval::images::grid(&tiles, n);
     Ok((psnr, dmq_eval::images::upscale_to_width(&grid, 512)))

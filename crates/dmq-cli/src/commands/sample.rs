@@ -9,7 +9,9 @@ use clap::{Args, ValueEnum};
 use dmq_eval::images;
 use dmq_model::unet2d::embeddings::ClassLabels;
 use dmq_model::{Ctx, Timesteps, UNet2DModel};
-use dmq_sched::{NoiseSource, SamplerKind, SchedError, ScheduleConfig, Scheduler};
+use dmq_sched::{
+    NoiseSource, OutputCorrection, SamplerKind, SchedError, ScheduleConfig, Scheduler,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -49,6 +51,8 @@ pub struct SampleArgs {
     pub exec: ExecArgs,
     #[command(flatten)]
     pub protocol: ProtocolArgs,
+    #[command(flatten)]
+    pub ptqd: super::ptqd::PtqdSampleArgs,
     /// Number of images.
     #[arg(long, default_value_t = 16)]
     pub num: usize,
@@ -106,24 +110,33 @@ pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// Builds the scheduler of the pipeline for this protocol.
-pub fn scheduler_for(
-    pipeline: &dmq_model::Pipeline,
-    p: &ProtocolArgs,
-) -> Result<Box<dyn Scheduler>> {
-    let (sampler, steps, eta) = (p.sampler, p.steps, p.eta);
-    let (label, text) = pipeline.scheduler_config_text()?;
-    let cfg = ScheduleConfig::from_json_str(&label, &text)?;
-    let kind = match sampler {
+/// The sampler of a protocol (eta checked; DDPM ignores it).
+pub fn sampler_kind(p: &ProtocolArgs) -> Result<SamplerKind> {
+    Ok(match p.sampler {
         Sampler::Ddim => {
+            let eta = p.eta;
             if !(0.0..=1.0).contains(&eta) {
                 bail!("--eta {eta}: expected a value in [0, 1]");
             }
             SamplerKind::Ddim { eta }
         }
         Sampler::Ddpm => SamplerKind::Ddpm,
-    };
-    let sched = dmq_sched::build(kind, &cfg, steps)?;
+    })
+}
+
+/// The pipeline's scheduler config.
+pub fn schedule_config(pipeline: &dmq_model::Pipeline) -> Result<ScheduleConfig> {
+    let (label, text) = pipeline.scheduler_config_text()?;
+    Ok(ScheduleConfig::from_json_str(&label, &text)?)
+}
+
+/// Builds the scheduler of the pipeline for this protocol.
+pub fn scheduler_for(
+    pipeline: &dmq_model::Pipeline,
+    p: &ProtocolArgs,
+) -> Result<Box<dyn Scheduler>> {
+    let cfg = schedule_config(pipeline)?;
+    let sched = dmq_sched::build(sampler_kind(p)?, &cfg, p.steps)?;
     check_artifact_protocol(pipeline, sched.timesteps(), p)?;
     Ok(sched)
 }
@@ -176,7 +189,24 @@ pub fn sample_batch(
     indices: &[usize],
     resolution: usize,
     class: Option<u32>,
+    on_step: impl FnMut(usize),
+) -> Result<candle_core::Tensor> {
+    sample_batch_corrected(
+        unet, sched, noise, indices, resolution, class, on_step, None,
+    )
+}
+
+/// [`sample_batch`] with the model output corrected at every step (PTQD).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_batch_corrected(
+    unet: &UNet2DModel,
+    sched: &dyn Scheduler,
+    noise: &NoiseSource,
+    indices: &[usize],
+    resolution: usize,
+    class: Option<u32>,
     mut on_step: impl FnMut(usize),
+    correction: Option<&dyn OutputCorrection>,
 ) -> Result<candle_core::Tensor> {
     let shape = [unet.config.in_channels, resolution, resolution];
     let device = unet.device().clone();
@@ -185,7 +215,7 @@ pub fn sample_batch(
         .to_dtype(unet.dtype())?;
     let labels_vec: Vec<u32> = class.map(|c| vec![c; indices.len()]).unwrap_or_default();
     let labels = class.map(|_| ClassLabels::Indices(&labels_vec));
-    let x = dmq_sched::sample(
+    let x = dmq_sched::sample_corrected(
         sched,
         x,
         |x, t, i| {
@@ -199,6 +229,7 @@ pub fn sample_batch(
         },
         |i| Ok(Some(noise.step_noise(i, indices, &shape, &device)?)),
         &mut on_step,
+        correction,
     )?;
     Ok(x)
 }
@@ -217,6 +248,8 @@ pub struct SampleJob<'a> {
     pub overwrite: bool,
     /// Shown on the progress bar.
     pub label: &'a str,
+    /// PTQD's correction of the model output, when applied (it is part of `protocol` then).
+    pub correction: Option<&'a dyn OutputCorrection>,
 }
 
 pub struct SampleOutcome {
@@ -287,7 +320,7 @@ pub fn sample_to_folder(job: &SampleJob) -> Result<SampleOutcome> {
     pb.set_message(format!("{}: {} images", job.label, todo.len()));
     let start = Instant::now();
     for indices in &batches {
-        let x = sample_batch(
+        let x = sample_batch_corrected(
             job.unet,
             job.sched,
             &noise,
@@ -295,6 +328,7 @@ pub fn sample_to_folder(job: &SampleJob) -> Result<SampleOutcome> {
             resolution,
             job.class,
             |_| pb.inc(1),
+            job.correction,
         )?;
         for (img, &i) in images::to_rgb8(&x)?.iter().zip(indices.iter()) {
             images::save_png_atomic(img, &image_path(out, i))?;
@@ -343,17 +377,24 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let loaded = args.model.load_exec(args.exec.exec)?;
     let (pipeline, unet) = (loaded.pipeline, loaded.unet);
     let sched = scheduler_for(&pipeline, &args.protocol)?;
+    let correction =
+        super::ptqd::correction_for(&pipeline, &args.protocol, &*sched, &args.ptqd.ptqd_parts)?;
+    let mut proto = protocol(
+        &pipeline.name,
+        &args.protocol,
+        args.class,
+        &args.model,
+        args.exec.exec,
+        sched.timesteps(),
+    );
+    if let Some(c) = &correction {
+        proto["ptqd"] = c.describe();
+        eprintln!("PTQD: {}", c.summary());
+    }
     let job = SampleJob {
         unet: &unet,
         sched: &*sched,
-        protocol: protocol(
-            &pipeline.name,
-            &args.protocol,
-            args.class,
-            &args.model,
-            args.exec.exec,
-            sched.timesteps(),
-        ),
+        protocol: proto,
         seed: args.protocol.seed,
         num: args.num,
         batch: args.batch,
@@ -361,6 +402,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         out: &args.out,
         overwrite: args.overwrite,
         label: "sampling",
+        correction: correction.as_ref().map(|c| c.correction()),
     };
     let outcome = sample_to_folder(&job)?;
     eprintln!(

@@ -184,12 +184,21 @@ impl UNet2DModel {
         timesteps: Timesteps,
         step: Option<usize>,
     ) -> Result<BTreeMap<String, Vec<Tensor>>> {
-        let order: Vec<String> = self.units().into_iter().map(|u| u.path).collect();
-        let last = units
-            .iter()
-            .filter_map(|u| order.iter().position(|o| o == u))
-            .max()
-            .map(|i| order[i].clone());
+        // Stop after the last requested point in forward order: units and layers are ordered
+        // separately (a unit may share its path with its only layer), so a mixed request runs
+        // the whole forward.
+        let all_units = self.units();
+        let unit_order: Vec<String> = all_units.iter().map(|u| u.path.clone()).collect();
+        let layer_order: Vec<String> = all_units.into_iter().flat_map(|u| u.layers).collect();
+        let last_in = |order: &[String]| -> Option<String> {
+            let pos: Option<Vec<usize>> = units
+                .iter()
+                .map(|u| order.iter().position(|o| o == u))
+                .collect();
+            pos.and_then(|p| p.into_iter().max())
+                .map(|i| order[i].clone())
+        };
+        let last = last_in(&unit_order).or_else(|| last_in(&layer_order));
         let ctx = Ctx::capturing_many(units, last.as_deref(), step);
         match self.forward(x, timesteps, None, &ctx) {
             Err(ModelError::Captured(_)) | Ok(_) => {}
