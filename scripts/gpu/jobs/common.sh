@@ -5,7 +5,7 @@ QOPT="--device cuda --capture-batch 256 --capture-mib 24000 --overwrite --previe
 export DMQ_CACHE_DIR=$W/cache
 t() { echo "[$(date +%T)] $*"; }
 # stats: CIFAR-10 train statistics (50k images) for FID/sFID.
-stats() { t stats; dmq fid-stats --images $F/cifar10-train.zip --out $W/train.npz.tmp $INC > $W/stats.log 2>&1 \
+stats() { while [ ! -f $F/cifar10-train.zip ] || [ ! -f $F/inception.safetensors ]; do sleep 5; done; t stats; dmq fid-stats --images $F/cifar10-train.zip --out $W/train.npz.tmp $INC > $W/stats.log 2>&1 \
   && mv $W/train.npz.tmp $W/train.npz; t stats done; }
 wait_stats() { while [ ! -f $W/train.npz ]; do sleep 5; done; }
 # q NAME RECIPE [ARGS...]: quantize ddpm-cifar10-small; report and preview to out/.
