@@ -153,6 +153,7 @@ fn write_artifact_with(dir: &Path, wbits: u8, extras: Extras) {
         calibration: json!({}),
         layers: entries,
         extra: json!({}),
+        ptqd: None,
     };
     let float = pipeline
         .open_unet_weights(&Device::Cpu, DType::F32)
