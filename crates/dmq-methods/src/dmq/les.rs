@@ -337,7 +337,6 @@ mod tests {
 
     #[test]
     fn im2col_convolution_equals_conv2d() {
-        let dev = Device::Cpu;
         for (k, stride, padding, h) in [
             (3, 1, 1, 7),
             (3, 2, 1, 8),
