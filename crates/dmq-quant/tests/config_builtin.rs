@@ -110,6 +110,7 @@ fn round_trip_keeps_overrides_and_custom_values() {
             weight_bits: Some(8),
             act_bits: None,
             granularity: Some(Granularity::PerTensor),
+            weight_quantizer: None,
             keep_float: None,
         },
         dmq_quant::config::Override {
@@ -117,6 +118,7 @@ fn round_trip_keeps_overrides_and_custom_values() {
             weight_bits: Some(8),
             act_bits: Some(8),
             granularity: None,
+            weight_quantizer: None,
             keep_float: Some(false),
         },
     ];

@@ -269,10 +269,13 @@ fn charts(out: &Path, r: &SensitivityReport, held_out: &[(f64, f64)]) -> Result<
         .layers
         .iter()
         .map(|l| {
-            let g = blocks.iter().position(|b| *b == l.block).unwrap_or_else(|| {
-                blocks.push(l.block.clone());
-                blocks.len() - 1
-            });
+            let g = blocks
+                .iter()
+                .position(|b| *b == l.block)
+                .unwrap_or_else(|| {
+                    blocks.push(l.block.clone());
+                    blocks.len() - 1
+                });
             Bar {
                 label: l.path.clone(),
                 value: l.sensitivity,
@@ -329,11 +332,19 @@ fn charts(out: &Path, r: &SensitivityReport, held_out: &[(f64, f64)]) -> Result<
             series: vec![
                 Series {
                     name: "measured".into(),
-                    points: pts.iter().enumerate().map(|(i, p)| (i as f64, p.0)).collect(),
+                    points: pts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| (i as f64, p.0))
+                        .collect(),
                 },
                 Series {
                     name: "predicted".into(),
-                    points: pts.iter().enumerate().map(|(i, p)| (i as f64, p.1)).collect(),
+                    points: pts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| (i as f64, p.1))
+                        .collect(),
                 },
             ],
         },

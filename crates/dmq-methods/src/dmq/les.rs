@@ -421,14 +421,10 @@ mod tests {
             LayerKind::Linear,
         ] {
             let (x, w) = match kind {
-                LayerKind::Conv2d { .. } => (
-                    randn(5, 1.0, (2, 4, 5, 5)),
-                    randn(6, 1.0, (3, 4, 3, 3)),
-                ),
-                LayerKind::Linear => (
-                    randn(7, 1.0, (2, 7, 4)),
-                    randn(8, 1.0, (3, 4)),
-                ),
+                LayerKind::Conv2d { .. } => {
+                    (randn(5, 1.0, (2, 4, 5, 5)), randn(6, 1.0, (3, 4, 3, 3)))
+                }
+                LayerKind::Linear => (randn(7, 1.0, (2, 7, 4)), randn(8, 1.0, (3, 4))),
             };
             let b = randn(9, 1.0, 3);
             let lr = LayerRef {

@@ -55,15 +55,8 @@ pub fn file_err(path: &Path, m: impl ToString) -> Q2sError {
 /// ones drawn as in the paper (§A3): `p ~ U(0,1)`, each layer 3-bit with probability `p` else
 /// 4-bit, method uniform among those offered at that width; additionally, with `q ~ U(0, 0.25)`
 /// per configuration, a layer takes UAQ-8 with probability `q` (when offered).
-pub fn sample_configs(
-    options: &[QOption],
-    layers: usize,
-    n: usize,
-    seed: u64,
-) -> Vec<Vec<usize>> {
-    let mut out: Vec<Vec<usize>> = (0..options.len().min(n))
-        .map(|o| vec![o; layers])
-        .collect();
+pub fn sample_configs(options: &[QOption], layers: usize, n: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = (0..options.len().min(n)).map(|o| vec![o; layers]).collect();
     let at = |b: u8| -> Vec<usize> {
         (0..options.len())
             .filter(|&i| options[i].bits == b)
@@ -299,7 +292,10 @@ impl SensitivityReport {
         if r.format != REPORT_FORMAT {
             return Err(file_err(
                 path,
-                format!("field `format` is `{}`, expected `{REPORT_FORMAT}`", r.format),
+                format!(
+                    "field `format` is `{}`, expected `{REPORT_FORMAT}`",
+                    r.format
+                ),
             ));
         }
         for l in &r.layers {
@@ -323,7 +319,10 @@ impl SensitivityReport {
 
     /// Parsed options.
     pub fn parsed_options(&self) -> Vec<QOption> {
-        self.options.iter().filter_map(|o| QOption::parse(o)).collect()
+        self.options
+            .iter()
+            .filter_map(|o| QOption::parse(o))
+            .collect()
     }
 
     /// The allocator's items per layer, restricted to options `allowed` (indices kept).
@@ -357,7 +356,10 @@ impl SensitivityReport {
         avg_bits: f64,
         uniform_only: bool,
     ) -> Result<(Vec<(String, QOption)>, f64, f64), Q2sError> {
-        if let Some(p) = paths.iter().find(|p| !self.layers.iter().any(|l| &l.path == *p)) {
+        if let Some(p) = paths
+            .iter()
+            .find(|p| !self.layers.iter().any(|l| &l.path == *p))
+        {
             return Err(Q2sError::Input(format!(
                 "layer `{p}` is quantized by the recipe but has no sensitivity in the report"
             )));
