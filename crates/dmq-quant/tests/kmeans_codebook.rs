@@ -12,6 +12,7 @@ use dmq_quant::kmeans::{kmeans_1d, quantize_kmeans};
 use dmq_quant::pack::packed_len;
 
 /// Exact 1-D k-means SSE by dynamic programming over sorted data (O(k n²)).
+#[allow(clippy::needless_range_loop)]
 fn exact_sse(values: &[f64], k: usize) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -161,8 +162,7 @@ fn codebook_weights_round_trip_and_count_their_bits() {
             Tensor::zeros((rows, 3), candle_core::DType::F32, &Device::Cpu).unwrap(),
         );
         let err = layer_from(&entry, &bad, Path::new("quant.safetensors"))
-            .err()
-            .expect("bad codebook accepted")
+            .expect_err("bad codebook accepted")
             .to_string();
         assert!(err.contains("codebook"), "{err}");
     }

@@ -265,6 +265,10 @@ pub fn aggregate(
         .collect()
 }
 
+/// An allocation: the option of every layer path, the predicted `ln L` change against option 0
+/// everywhere, and the achieved average bits.
+pub type Allocation = (Vec<(String, QOption)>, f64, f64);
+
 /// The `sensitivity.json` a run writes and `dmq quantize --sensitivity` reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SensitivityReport {
@@ -355,7 +359,7 @@ impl SensitivityReport {
         paths: &[String],
         avg_bits: f64,
         uniform_only: bool,
-    ) -> Result<(Vec<(String, QOption)>, f64, f64), Q2sError> {
+    ) -> Result<Allocation, Q2sError> {
         if let Some(p) = paths
             .iter()
             .find(|p| !self.layers.iter().any(|l| &l.path == *p))
