@@ -27,6 +27,9 @@ enum Command {
     Fid(commands::fid::FidArgs),
     /// Quantize a model with a recipe; writes a quantized model folder and a per-layer report.
     Quantize(commands::quantize::QuantizeArgs),
+    /// Qua²SeDiMo: per-layer quantization sensitivity from labelled random mixed-precision
+    /// configurations; writes sensitivity.json (for `quantize --avg-bits`) and charts.
+    Sensitivity(commands::sensitivity::SensitivityArgs),
     /// Measure PTQD statistics of a quantized model for a sampling protocol and add them to it.
     Ptqd(commands::ptqd::PtqdArgs),
     /// Time UNet forwards and sampling (images/s), and write the numbers as JSON.
@@ -49,6 +52,7 @@ fn main() {
         Command::Bench(a) => commands::bench::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Ptqd(a) => commands::ptqd::run(a),
+        Command::Sensitivity(a) => commands::sensitivity::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::FidStats(a) => commands::fid::run_stats(a),
         Command::Fid(a) => commands::fid::run_fid(a),

@@ -342,7 +342,8 @@ impl LayerExec for IntExec {
 pub struct IntModelInfo {
     /// Layers computing in integers.
     pub int_layers: Vec<String>,
-    /// Quantized layers left to the simulated computation (weight-only or activation-only).
+    /// Quantized layers left to the simulated computation (weight-only, activation-only, or
+    /// k-means codebook weights).
     pub sim_layers: Vec<String>,
     /// Bytes of the integer layers (packed codes, steps, zero points, weight sums, biases).
     pub packed_bytes: usize,
@@ -413,7 +414,9 @@ pub fn install_int(
             layer.set_input_scale(Some(g.to_dtype(DType::F32)?.to_device(&Device::Cpu)?))?;
         }
         match (&l.weight, &l.activation) {
-            (Some(w), Some(a)) => {
+            // k-means (codebook) weights keep the simulated computation: the kernels take
+            // uniform codes with a per-channel step and zero point, not a lookup table.
+            (Some(w), Some(a)) if w.parts.iter().all(|p| p.codebook.is_none()) => {
                 let exec = IntExec::new(&layer.layer_ref(), w, a, isa)?;
                 info.packed_bytes += exec.resident_bytes();
                 info.replaced_float_elements += layer.layer_ref().weight.elem_count()

@@ -5,3 +5,4 @@
 
 pub mod dmq;
 pub mod ptqd;
+pub mod qua2sedimo;

@@ -9,6 +9,9 @@
 //!                            {path}.w{k}.codes       u8, bit-packed integer codes
 //!                            {path}.w{k}.scale       f32 [C_out]  step per output channel
 //!                            {path}.w{k}.zero_point  i64 [C_out]
+//!                            {path}.w{k}.codebook    f32 [rows, 2^b]  instead of scale and
+//!                                                    zero point for k-means parts (rows = C_out
+//!                                                    per channel, 1 per tensor; Qua²SeDiMo)
 //!                            {path}.a{k}.scale       f32 [S]      activation step per sampling step
 //!                            {path}.a{k}.zero_point  i64 [S]
 //!                            {path}.a{k}.shift       u8 [S, C_k]  PTS: channel c of part k at
@@ -37,13 +40,14 @@ use dmq_model::{UNet2DConfig, UNet2DModel, WeightStore};
 use serde::{Deserialize, Serialize};
 
 use crate::pack;
-use crate::qweight::{QuantWeight, WeightPart};
+use crate::qweight::{Codebook, QuantWeight, WeightPart};
 use crate::sim::{LayerActivation, PerStepActivation, SimQuantExec};
 use crate::uniform::UniformParams;
 
 pub const FORMAT: &str = "dmq-quantized";
-/// Version 2 added PTS shifts and LES scales (optional); version 1 artifacts still load.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 2 added PTS shifts and LES scales (optional), version 3 k-means codebooks (optional);
+/// version 1 and 2 artifacts still load.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest version this code reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 
@@ -85,6 +89,10 @@ pub struct WeightEntry {
     /// Whether steps are per output channel (`true`) or one per part.
     pub per_channel: bool,
     pub parts: Vec<PartEntry>,
+    /// Codes index a k-means lookup table (`{path}.w{k}.codebook`) instead of `Δ·(q − z)`
+    /// (format version 3; absent, i.e. `false`, before).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub codebook: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,7 +186,17 @@ pub fn layer_tensors(layers: &BTreeMap<String, QuantLayer>) -> Result<HashMap<St
                     format!("{path}.w{k}.codes"),
                     Tensor::from_vec(packed, n, &cpu)?,
                 );
-                insert_params(&mut out, &format!("{path}.w{k}"), &part.params)?;
+                match &part.codebook {
+                    None => insert_params(&mut out, &format!("{path}.w{k}"), &part.params)?,
+                    Some(cb) => {
+                        let rows = part.params.num_channels();
+                        let levels = cb.values.len() / rows.max(1);
+                        out.insert(
+                            format!("{path}.w{k}.codebook"),
+                            Tensor::from_vec(cb.values.clone(), (rows, levels), &cpu)?,
+                        );
+                    }
+                }
             }
         }
         if let Some(a) = &l.activation {
@@ -254,6 +272,7 @@ pub fn layer_entry(path: &str, shape: &[usize], l: Option<&QuantLayer>) -> Resul
                     len: p.len,
                 })
                 .collect(),
+            codebook: w.has_codebook(),
         });
     }
     if let Some(a) = &l.activation {
@@ -364,19 +383,38 @@ pub fn layer_from(
                 }
                 let codes = pack::unpack(&packed, w.bits, n).map_err(|e| bad(e.to_string()))?;
                 let axis = w.per_channel.then_some(0);
-                let params = params_from(
-                    tensors,
-                    file,
-                    &e.path,
-                    &format!("{}.w{k}", e.path),
-                    w.bits,
-                    axis,
-                )?;
+                let (params, codebook) = if w.codebook {
+                    let name = format!("{}.w{k}.codebook", e.path);
+                    let t = take(tensors, file, &e.path, &name)?;
+                    let levels = 1usize << w.bits;
+                    let rows = if w.per_channel { shape[0] } else { 1 };
+                    if t.dims() != [rows, levels] {
+                        return Err(bad(format!(
+                            "`{name}` has shape {:?}, expected [{rows}, {levels}]",
+                            t.dims()
+                        )));
+                    }
+                    let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                    let params = UniformParams::new(vec![1.0; rows], vec![0; rows], w.bits, axis)
+                        .map_err(|e| bad(e.to_string()))?;
+                    (params, Some(Codebook { values }))
+                } else {
+                    let params = params_from(
+                        tensors,
+                        file,
+                        &e.path,
+                        &format!("{}.w{k}", e.path),
+                        w.bits,
+                        axis,
+                    )?;
+                    (params, None)
+                };
                 parts.push(WeightPart {
                     start: p.start,
                     len: p.len,
                     params,
                     codes: Tensor::from_vec(codes, shape, &Device::Cpu)?,
+                    codebook,
                 });
             }
             Some(QuantWeight::new(e.shape.clone(), parts).map_err(|e| bad(e.to_string()))?)

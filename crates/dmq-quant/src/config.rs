@@ -87,13 +87,21 @@
 //! batch = 32                         # trajectories run together
 //! mixed_act_bits = []                # lower activation bit widths for step-aware mixed precision
 //!
+//! [mixed_precision]                  # optional: Qua²SeDiMo bit allocation (docs/methods-qua2sedimo.md)
+//! avg_bits = 3.5                     # average stored bits per weight of the quantized layers
+//! options = "all"                    # "all" (uniform, k-means per channel/tensor) | "uniform"
+//!
 //! [[overrides]]                      # later entries win
 //! pattern = "up_blocks.*.conv_shortcut"
-//! weight_bits = 8                    # each of these four is optional
+//! weight_bits = 8                    # each of these five is optional
 //! act_bits = 8
 //! granularity = "per_channel"
+//! weight_quantizer = "uniform"       # "uniform" | "kmeans" (codebook, needs rounding = "nearest")
 //! keep_float = false
 //! ```
+//!
+//! `[mixed_precision]` is resolved by the caller (`dmq quantize`) into one override per layer
+//! before the pipeline runs; the pipeline itself only reads the overrides.
 //!
 //! Every section and every field except `format_version` and `name` may be left out and then
 //! takes the default shown. Unknown keys, out-of-range values and unknown enum values are errors
@@ -158,7 +166,7 @@ pub const FAST_RECON_BATCH: usize = 4;
 pub const FAST_PTQD_SAMPLES: usize = 8;
 
 /// The recipes shipped in `configs/` (repository root), embedded at build time.
-const BUILTINS: [(&str, &str); 11] = [
+const BUILTINS: [(&str, &str); 13] = [
     ("rtn-w8a8", include_str!("../../../configs/rtn-w8a8.toml")),
     ("rtn-w4a8", include_str!("../../../configs/rtn-w4a8.toml")),
     ("base-w8a8", include_str!("../../../configs/base-w8a8.toml")),
@@ -173,6 +181,8 @@ const BUILTINS: [(&str, &str); 11] = [
         "ptqd-w4a8-mp",
         include_str!("../../../configs/ptqd-w4a8-mp.toml"),
     ),
+    ("mp-w3.5a8", include_str!("../../../configs/mp-w3.5a8.toml")),
+    ("mp-w3.0a8", include_str!("../../../configs/mp-w3.0a8.toml")),
 ];
 
 /// A problem with a recipe, naming the file (or `configs/<name>.toml (built-in)`) and the field.
@@ -216,6 +226,38 @@ pub type Result<T> = std::result::Result<T, QuantConfigError>;
 pub enum Granularity {
     PerChannel,
     PerTensor,
+}
+
+/// How a layer's weight is quantized: uniform affine `Δ·(q − z)` (the engine's default) or a
+/// k-means codebook ([`crate::kmeans`]; Qua²SeDiMo's K-Means-C/-A by granularity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightQuantizer {
+    #[default]
+    Uniform,
+    Kmeans,
+}
+
+/// Which quantizer options the mixed-precision allocation may choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MixedOptions {
+    /// Uniform per channel and k-means per channel/per tensor at 3 and 4 bits, uniform 8-bit.
+    #[default]
+    All,
+    /// Uniform per channel at 3, 4 and 8 bits only (for recipes with learned rounding).
+    Uniform,
+}
+
+/// `[mixed_precision]`: per-layer weight options chosen under an average-bits budget from a
+/// sensitivity analysis (`dmq sensitivity`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixedPrecisionConfig {
+    /// Stored bits per weight of the weight-quantized layers, codebooks/steps included.
+    pub avg_bits: f64,
+    #[serde(default)]
+    pub options: MixedOptions,
 }
 
 /// How the weight range is initialised (§1.1).
@@ -596,6 +638,9 @@ pub struct Override {
     /// Weight granularity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granularity: Option<Granularity>,
+    /// Uniform or k-means weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_quantizer: Option<WeightQuantizer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_float: Option<bool>,
 }
@@ -695,6 +740,9 @@ pub struct QuantConfig {
     /// recipes and artifacts written before PTQD existed read and fingerprint the same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ptqd: Option<PtqdConfig>,
+    /// Qua²SeDiMo's bit allocation; `None`: off (absent from the serialized recipe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixed_precision: Option<MixedPrecisionConfig>,
 }
 
 impl Default for QuantConfig {
@@ -713,6 +761,7 @@ impl Default for QuantConfig {
             layers: LayerSelection::default(),
             overrides: Vec::new(),
             ptqd: None,
+            mixed_precision: None,
         }
     }
 }
@@ -1312,8 +1361,18 @@ impl QuantConfig {
                 o.weight_bits.is_some()
                     || o.act_bits.is_some()
                     || o.granularity.is_some()
+                    || o.weight_quantizer.is_some()
                     || o.keep_float.is_some(),
-                "the override sets nothing: give weight_bits, act_bits, granularity or keep_float",
+                "the override sets nothing: give weight_bits, act_bits, granularity, \
+                 weight_quantizer or keep_float",
+            )?;
+        }
+        if let Some(mp) = &self.mixed_precision {
+            require(
+                file,
+                "mixed_precision.avg_bits",
+                mp.avg_bits.is_finite() && (2.0..=16.0).contains(&mp.avg_bits),
+                "must be a number in 2..=16",
             )?;
         }
         Ok(())
@@ -1370,6 +1429,37 @@ impl QuantConfig {
             granularity,
             split_skip: self.layers.split_skip,
         }
+    }
+
+    /// The weight quantizer of each of `paths` (uniform unless an override says `kmeans`; later
+    /// overrides win). Only meaningful for layers whose plan has weight bits.
+    ///
+    /// # Panics
+    /// As [`QuantConfig::layer_plan`].
+    pub fn weight_quantizers<S: AsRef<str>>(
+        &self,
+        paths: &[S],
+    ) -> BTreeMap<String, WeightQuantizer> {
+        let m = self.matchers_or_panic();
+        paths
+            .iter()
+            .map(|p| {
+                let mut q = WeightQuantizer::Uniform;
+                for i in m.overrides.matches(p.as_ref()) {
+                    if let Some(w) = self.overrides[i].weight_quantizer {
+                        q = w;
+                    }
+                }
+                (p.as_ref().to_string(), q)
+            })
+            .collect()
+    }
+
+    /// Whether any override asks for k-means weights.
+    pub fn has_kmeans(&self) -> bool {
+        self.overrides
+            .iter()
+            .any(|o| o.weight_quantizer == Some(WeightQuantizer::Kmeans))
     }
 
     /// How the layer at checkpoint path `path` is quantized (see the module docs for the order).

@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod calib;
 pub mod config;
 pub mod fused;
+pub mod kmeans;
 pub mod pack;
 pub mod ptq;
 pub mod qweight;

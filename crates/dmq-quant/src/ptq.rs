@@ -17,7 +17,9 @@ use crate::act_calib::{calibrate_activations, LayerQuantPlan, ShiftVoter};
 use crate::adaround::BetaSchedule;
 use crate::artifact::{self, ArtifactError, QuantLayer};
 use crate::calib::CalibSet;
-use crate::config::{ActRange, LayerPlan, QuantConfig, ReconInputs, ReconUnit, Rounding};
+use crate::config::{
+    ActRange, LayerPlan, QuantConfig, ReconInputs, ReconUnit, Rounding, WeightQuantizer,
+};
 use crate::qweight::{init_part_params, QuantWeight};
 use crate::recon::{self, ReconSettings, UnitData};
 use crate::uniform::{QuantError, UniformParams};
@@ -176,6 +178,14 @@ fn unsupported(cfg: &QuantConfig, message: impl Into<String>) -> PtqError {
 
 /// Rejects recipe values this engine does not implement yet (rather than ignoring them).
 pub fn check_supported(cfg: &QuantConfig) -> Result<()> {
+    if cfg.has_kmeans() && cfg.weights.rounding == Rounding::Adaround && cfg.reconstruction.enabled
+    {
+        return Err(unsupported(
+            cfg,
+            "k-means weight quantizers (overrides with weight_quantizer = \"kmeans\") need \
+             weights.rounding = \"nearest\": learned rounding of codebooks is not implemented",
+        ));
+    }
     if cfg.weights.symmetric {
         return Err(unsupported(
             cfg,
@@ -272,12 +282,25 @@ pub fn quantize_with(
         .cloned()
         .collect();
     progress.stage("weight ranges", quantized.len() as u64);
+    let quantizers = cfg.weight_quantizers(&paths);
     let mut init: BTreeMap<String, Vec<(usize, usize, UniformParams)>> = BTreeMap::new();
+    // K-means layers: codes and codebook fixed here (one part: a split layer's two input
+    // slices share one codebook per output channel).
+    let mut codebook_weights: BTreeMap<String, QuantWeight> = BTreeMap::new();
     let mut float_weights: BTreeMap<String, Tensor> = BTreeMap::new();
     for l in model.layers_mut() {
         let plan = plans[l.path()];
         if let Some(bits) = plan.weight_bits {
             let w = l.layer_ref().weight.to_dtype(DType::F32)?;
+            if quantizers[l.path()] == WeightQuantizer::Kmeans {
+                codebook_weights.insert(
+                    l.path().to_string(),
+                    crate::kmeans::quantize_kmeans(&w, bits, plan.granularity)?,
+                );
+                float_weights.insert(l.path().to_string(), w);
+                progress.inc(1);
+                continue;
+            }
             init.insert(
                 l.path().to_string(),
                 init_part_params(
@@ -301,7 +324,7 @@ pub fn quantize_with(
         if cfg.weights.rounding == Rounding::Adaround && cfg.reconstruction.enabled {
             reconstruct_all(model, cfg, set, opts, &init, &mut units_report, progress)?
         } else {
-            let mut w = BTreeMap::new();
+            let mut w = codebook_weights;
             for (path, parts) in &init {
                 w.insert(
                     path.clone(),

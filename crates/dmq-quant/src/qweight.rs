@@ -2,6 +2,10 @@
 //! points, in one part or, for split layers (spec §5.2), in two parts along the input channels,
 //! each with its own quantizer. Dequantization is one function used by every path (in-memory
 //! model, artifact loading), so a reloaded model is bit-identical to the one calibrated.
+//!
+//! A part may instead hold a **codebook** (k-means, [`crate::kmeans`]): code `q` of output
+//! channel `c` then stands for `table[c][q]` (per channel) or `table[0][q]` (per tensor); its
+//! `params` carry only the bit width and the granularity (steps 1, zero points 0).
 
 use candle_core::{DType, Tensor};
 
@@ -17,6 +21,47 @@ pub struct WeightPart {
     pub params: UniformParams,
     /// `u8` codes `q ∈ [0, 2^b − 1]` of the slice, shape `[C_out, len, ..]`.
     pub codes: Tensor,
+    /// A lookup table instead of `Δ·(q − z)`; `None` for uniform parts.
+    pub codebook: Option<Codebook>,
+}
+
+/// The `2^b` values codes stand for, per output channel (`params.axis = Some(0)`) or one table
+/// for the tensor: `values[row · 2^b + q]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Codebook {
+    pub values: Vec<f32>,
+}
+
+impl WeightPart {
+    /// The dequantized slice, `f32`, on the device of the codes.
+    pub fn dequantize(&self) -> Result<Tensor> {
+        let Some(cb) = &self.codebook else {
+            return self.params.dequantize(&self.codes);
+        };
+        let levels = 1usize << self.params.bits;
+        let rows = self.params.num_channels();
+        let codes: Vec<u8> = self.codes.flatten_all()?.to_vec1()?;
+        let per_row = codes.len() / rows.max(1);
+        let v: Vec<f32> = codes
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| {
+                let r = if rows == 1 { 0 } else { i / per_row.max(1) };
+                cb.values[r * levels + q as usize]
+            })
+            .collect();
+        Ok(Tensor::from_vec(v, self.codes.dims(), self.codes.device())?)
+    }
+
+    /// Bytes this part takes stored: packed codes, plus 4 bytes per step and per zero point
+    /// (uniform) or 4 bytes per `f32` codebook entry.
+    pub fn storage_bytes(&self) -> usize {
+        let codes = crate::pack::packed_len(self.codes.elem_count(), self.params.bits);
+        match &self.codebook {
+            None => codes + 8 * self.params.num_channels(),
+            Some(cb) => codes + 4 * cb.values.len(),
+        }
+    }
 }
 
 /// The quantized weight of one layer.
@@ -77,6 +122,7 @@ impl QuantWeight {
                 len: *len,
                 params: params.clone(),
                 codes: params.quantize_codes(&slice)?,
+                codebook: None,
             });
         }
         Self::new(w.dims().to_vec(), out)
@@ -104,6 +150,24 @@ impl QuantWeight {
                 )));
             }
             p.params.validate()?;
+            if let Some(cb) = &p.codebook {
+                let rows = p.params.num_channels();
+                let want = rows << p.params.bits;
+                if cb.values.len() != want || (rows != 1 && rows != shape[0]) {
+                    return Err(QuantError::InvalidParams(format!(
+                        "codebook of {} values for {rows} row(s) of {} levels over {} output \
+                         channels",
+                        cb.values.len(),
+                        1usize << p.params.bits,
+                        shape[0]
+                    )));
+                }
+                if cb.values.iter().any(|v| !v.is_finite()) {
+                    return Err(QuantError::InvalidParams(
+                        "codebook holds a non-finite value".into(),
+                    ));
+                }
+            }
             next += p.len;
         }
         if next != shape[IN_AXIS] || parts.is_empty() {
@@ -125,19 +189,25 @@ impl QuantWeight {
         let parts = self
             .parts
             .iter()
-            .map(|p| p.params.dequantize(&p.codes))
+            .map(|p| p.dequantize())
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&parts, IN_AXIS)?)
     }
 
-    /// Bytes the packed codes take, plus 4 bytes per step and zero point.
+    /// Bytes the packed codes take, plus 4 bytes per step and zero point, or per codebook entry
+    /// ([`WeightPart::storage_bytes`]).
     pub fn storage_bytes(&self) -> usize {
-        self.parts
-            .iter()
-            .map(|p| {
-                crate::pack::packed_len(p.codes.elem_count(), p.params.bits)
-                    + 8 * p.params.num_channels()
-            })
-            .sum()
+        self.parts.iter().map(WeightPart::storage_bytes).sum()
+    }
+
+    /// Whether any part is a codebook (k-means) part.
+    pub fn has_codebook(&self) -> bool {
+        self.parts.iter().any(|p| p.codebook.is_some())
+    }
+
+    /// Stored bits per weight, everything included ([`QuantWeight::storage_bytes`]).
+    pub fn bits_per_weight(&self) -> f64 {
+        let n: usize = self.shape.iter().product();
+        8.0 * self.storage_bytes() as f64 / n.max(1) as f64
     }
 }

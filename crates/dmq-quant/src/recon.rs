@@ -343,6 +343,7 @@ pub fn reconstruct_unit(
                 len: p.len,
                 params: a.params.clone(),
                 codes: a.hard_codes().map_err(model_err)?,
+                codebook: None,
             });
         }
         learned.insert(

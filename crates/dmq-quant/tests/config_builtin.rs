@@ -10,7 +10,7 @@ use dmq_quant::config::{
     FORMAT_VERSION,
 };
 
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 13] = [
     "rtn-w8a8",
     "rtn-w4a8",
     "base-w8a8",
@@ -22,6 +22,8 @@ const NAMES: [&str; 11] = [
     "ptqd-w4a8",
     "ptqd-w4a6",
     "ptqd-w4a8-mp",
+    "mp-w3.5a8",
+    "mp-w3.0a8",
 ];
 
 fn configs_dir() -> PathBuf {
@@ -108,6 +110,7 @@ fn round_trip_keeps_overrides_and_custom_values() {
             weight_bits: Some(8),
             act_bits: None,
             granularity: Some(Granularity::PerTensor),
+            weight_quantizer: None,
             keep_float: None,
         },
         dmq_quant::config::Override {
@@ -115,6 +118,7 @@ fn round_trip_keeps_overrides_and_custom_values() {
             weight_bits: Some(8),
             act_bits: Some(8),
             granularity: None,
+            weight_quantizer: None,
             keep_float: Some(false),
         },
     ];

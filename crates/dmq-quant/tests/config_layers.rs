@@ -137,6 +137,7 @@ fn over(pattern: &str) -> Override {
         weight_bits: None,
         act_bits: None,
         granularity: None,
+        weight_quantizer: None,
         keep_float: None,
     }
 }
@@ -267,6 +268,7 @@ fn later_overrides_win_field_by_field() {
         },
         Override {
             granularity: Some(Granularity::PerTensor),
+            weight_quantizer: None,
             ..over("*.to_q")
         },
         Override {

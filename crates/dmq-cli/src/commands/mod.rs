@@ -7,6 +7,7 @@ pub mod ptqd;
 pub mod quantize;
 pub mod quantize_report;
 pub mod sample;
+pub mod sensitivity;
 
 use clap::{Args, ValueEnum};
 

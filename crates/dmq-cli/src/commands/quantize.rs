@@ -30,7 +30,8 @@ pub struct QuantizeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// A built-in recipe (rtn-w8a8, rtn-w4a8, base-w8a8, base-w4a8, base-w4a6, dmq-w8a8,
-    /// dmq-w4a8, dmq-w4a6, ptqd-w4a8, ptqd-w4a6, ptqd-w4a8-mp) or a recipe file (.toml or .json).
+    /// dmq-w4a8, dmq-w4a6, ptqd-w4a8, ptqd-w4a6, ptqd-w4a8-mp, mp-w3.5a8, mp-w3.0a8) or a recipe
+    /// file (.toml or .json). The mp-* recipes need --sensitivity.
     #[arg(long, short = 'r', default_value = "base-w4a8")]
     pub recipe: String,
     /// The recipe's quick variant: fewer calibration samples and reconstruction iterations
@@ -53,6 +54,17 @@ pub struct QuantizeArgs {
     /// Turn the recipe's power-of-two scaling off (DMQ ablations).
     #[arg(long, default_value_t = false)]
     pub no_pts: bool,
+    /// Qua²SeDiMo mixed precision on top of the recipe: choose every weight-quantized layer's
+    /// option (uniform or k-means, 3/4/8 bits) to minimise the predicted error at this average
+    /// of stored bits per weight (codebooks, steps and zero points included); needs
+    /// --sensitivity. Recipes with learned rounding get uniform options only [default: the
+    /// recipe's mixed_precision.avg_bits; none].
+    #[arg(long)]
+    pub avg_bits: Option<f64>,
+    /// The sensitivity.json (or its folder) written by `dmq sensitivity` for this model, used by
+    /// --avg-bits and the mp-* recipes.
+    #[arg(long)]
+    pub sensitivity: Option<PathBuf>,
     /// Output folder of the quantized model.
     #[arg(long, short = 'o', default_value = "quantized")]
     pub out: PathBuf,
@@ -167,7 +179,7 @@ pub fn load_recipe(name: &str, fast: bool) -> Result<QuantConfig> {
     Ok(if fast { cfg.fast() } else { cfg })
 }
 
-fn cache_root(arg: &Option<PathBuf>) -> PathBuf {
+pub fn cache_root(arg: &Option<PathBuf>) -> PathBuf {
     arg.clone().unwrap_or_else(dmq_eval::fid::cache_dir)
 }
 
@@ -279,6 +291,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         bail!("--model is already a quantized artifact; quantize its base model instead");
     }
     let paths = unet.layer_paths();
+    let mixed = apply_mixed_precision(&mut cfg, &args, &paths, &mut unet)?;
     for w in cfg.check_patterns(&paths) {
         eprintln!(
             "warning: recipe field {} = `{}` matches none of the model's {} layers",
@@ -466,6 +479,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         "device": args.model.device,
         "dtype": args.model.dtype,
         "method": method_report,
+        "mixed_precision": mixed,
     });
     let manifest_out = Manifest {
         format: artifact::FORMAT.to_string(),
@@ -560,6 +574,101 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&ckpt);
     summary(&report, &args.out);
     Ok(())
+}
+
+/// `--avg-bits`/`--sensitivity` and `[mixed_precision]`: allocates an option per weight-quantized
+/// layer from the sensitivity report and appends one override per layer to the recipe. Returns
+/// what was chosen (for the manifest and report), or null when the recipe has no mixed precision.
+fn apply_mixed_precision(
+    cfg: &mut QuantConfig,
+    args: &QuantizeArgs,
+    paths: &[String],
+    unet: &mut dmq_model::UNet2DModel,
+) -> Result<serde_json::Value> {
+    use dmq_methods::qua2sedimo::SensitivityReport;
+    use dmq_quant::config::{MixedOptions, MixedPrecisionConfig, Rounding};
+    if let Some(b) = args.avg_bits {
+        if !(b.is_finite() && (2.0..=16.0).contains(&b)) {
+            bail!("--avg-bits {b}: must be a number in 2..=16");
+        }
+        let learned = cfg.weights.rounding == Rounding::Adaround && cfg.reconstruction.enabled;
+        cfg.mixed_precision = Some(MixedPrecisionConfig {
+            avg_bits: b,
+            options: if learned {
+                MixedOptions::Uniform
+            } else {
+                cfg.mixed_precision
+                    .as_ref()
+                    .map_or(MixedOptions::All, |m| m.options)
+            },
+        });
+        cfg.name = format!("{}-mp{b}", cfg.name);
+    }
+    let Some(mp) = cfg.mixed_precision.clone() else {
+        if args.sensitivity.is_some() {
+            bail!("--sensitivity is used with --avg-bits or an mp-* recipe");
+        }
+        return Ok(serde_json::Value::Null);
+    };
+    let Some(s) = &args.sensitivity else {
+        bail!(
+            "recipe `{}` allocates mixed precision at {} bits: pass --sensitivity S (run `dmq \
+             sensitivity --model M --out S` first)",
+            cfg.name,
+            mp.avg_bits
+        );
+    };
+    let file = if s.is_dir() {
+        s.join("sensitivity.json")
+    } else {
+        s.clone()
+    };
+    let report = SensitivityReport::read(&file)?;
+    let fp = model_fingerprint(&args.model.load()?.0)?;
+    if report.model_fingerprint != fp {
+        bail!(
+            "{}: field `model_fingerprint` is of another model than --model ({})",
+            file.display(),
+            report.model
+        );
+    }
+    let plans = cfg.layer_plans(paths);
+    let quantized: Vec<String> = paths
+        .iter()
+        .filter(|p| plans[*p].weight_bits.is_some())
+        .cloned()
+        .collect();
+    let uniform_only = mp.options == MixedOptions::Uniform;
+    let (choice, predicted, avg) = report
+        .allocate(&quantized, mp.avg_bits, uniform_only)
+        .with_context(|| format!("allocating {} bits from {}", mp.avg_bits, file.display()))?;
+    for (path, o) in &choice {
+        cfg.overrides.push(o.override_for(path));
+    }
+    cfg.validate()?;
+    let _ = unet;
+    let mut counts = BTreeMap::new();
+    for (_, o) in &choice {
+        *counts.entry(o.name()).or_insert(0usize) += 1;
+    }
+    eprintln!(
+        "mixed precision: {} layers at {avg:.4} average bits (budget {}): {}",
+        choice.len(),
+        mp.avg_bits,
+        counts
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(json!({
+        "sensitivity": file.display().to_string(),
+        "budget_avg_bits": mp.avg_bits,
+        "avg_bits": avg,
+        "predicted_ln_proxy_change": predicted,
+        "options": counts,
+        "layers": choice.iter().map(|(p, o)| json!({"path": p, "option": o.name()})).collect::<Vec<_>>(),
+    }))
 }
 
 /// The same `n` seeds sampled by both models (and by the quantized one with `correction`, when

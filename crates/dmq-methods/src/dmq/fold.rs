@@ -19,7 +19,7 @@ fn host_of(path: &str, outcome: &PtqOutcome) -> Option<String> {
     let prefix = path.strip_suffix(".to_out.0")?;
     let v = format!("{prefix}.to_v");
     let w = outcome.layers.get(&v)?.weight.as_ref()?;
-    (w.parts.len() == 1 && w.parts[0].params.axis == Some(0)).then_some(v)
+    (w.parts.len() == 1 && w.parts[0].params.axis == Some(0) && !w.has_codebook()).then_some(v)
 }
 
 /// Folds every foldable scale of `outcome` and updates `model` to match. Returns the folded
