@@ -55,6 +55,12 @@ use crate::stats::{FeatureStats, FidError, Result};
 /// ≈ 1e-13 instead of ~4e-7. [`trace_sqrt_product_eigh`] is the plain eigenvalue route
 /// (`Σ sqrt(max(eig(S1^½·S2·S1^½), 0))`), kept for cross-checks.
 ///
+/// When a side carries a thin factor ([`crate::stats::LowRankFactor`]: a set of `n <= dim`
+/// samples, its centred features over `sqrt(n − 1)`), that `G` (`dim x n`) is used as it is: no
+/// eigendecomposition of that side, and `H` is `n1 x n2` or `dim x n`, so FID of a small set
+/// costs one `dim x dim` eigendecomposition (of the other side) or none instead of two plus a
+/// `dim x dim` SVD. Same value, up to rounding.
+///
 /// Both sigmas are symmetrised as `(S + Sᵀ)/2` first. There is no `1e-6·I` retry (pytorch-fid
 /// adds `1e-6·I` to both sigmas only if `sqrtm` returns non-finite values; this route never
 /// does for finite input). All in f64 with faer (parallel over the available cores).
@@ -71,7 +77,9 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
         )));
     }
     let mean_sq: f64 = a.mu.iter().zip(&b.mu).map(|(x, y)| (x - y) * (x - y)).sum();
-    let tr_covmean = trace_sqrt_product(&a.sigma, &b.sigma, a.dim)?;
+    let g1 = stats_factor("sigma1", a)?;
+    let g2 = stats_factor("sigma2", b)?;
+    let tr_covmean = trace_sqrt_from_factors(&g1, &g2)?;
     Ok(mean_sq + a.trace() + b.trace() - 2.0 * tr_covmean)
 }
 
@@ -99,15 +107,18 @@ fn psd_factor(name: &str, s: &Mat<f64>) -> Result<Mat<f64>> {
     }))
 }
 
-/// `tr(sqrtm(S1·S2))` for two symmetric PSD `dim x dim` row-major matrices, as the sum of the
-/// singular values of `G1ᵀ·G2` (`S_k = G_k·G_kᵀ` from eigendecompositions), which equals
-/// `Σ sqrt(λ_i(S1^½·S2·S1^½))`; see [`frechet_distance`].
-pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], dim: usize) -> Result<f64> {
-    let a = symmetric("sigma1", s1, dim)?;
-    let b = symmetric("sigma2", s2, dim)?;
-    let g1 = psd_factor("sigma1", &a)?;
-    let g2 = psd_factor("sigma2", &b)?;
-    let mut h = Mat::<f64>::zeros(dim, dim);
+/// `G` with `G·Gᵀ = sigma`: the statistics' thin factor when they carry one (`dim x n`, no
+/// eigendecomposition), else [`psd_factor`] of the symmetrised covariance (`dim x dim`).
+fn stats_factor(name: &str, s: &FeatureStats) -> Result<Mat<f64>> {
+    match &s.factor {
+        Some(f) => Ok(Mat::from_fn(s.dim, f.cols, |i, j| f.data[i * f.cols + j])),
+        None => psd_factor(name, &symmetric(name, &s.sigma, s.dim)?),
+    }
+}
+
+/// `Σ σ_i(G1ᵀ·G2)` = `tr(sqrtm(S1·S2))` for `S_k = G_k·G_kᵀ` (any number of columns).
+fn trace_sqrt_from_factors(g1: &Mat<f64>, g2: &Mat<f64>) -> Result<f64> {
+    let mut h = Mat::<f64>::zeros(g1.ncols(), g2.ncols());
     faer::linalg::matmul::matmul(
         h.as_mut(),
         Accum::Replace,
@@ -120,6 +131,15 @@ pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], dim: usize) -> Result<f64> {
         .singular_values()
         .map_err(|e| FidError::Linalg(format!("singular values of sqrt(S1)·sqrt(S2): {e:?}")))?;
     Ok(sv.iter().sum())
+}
+
+/// `tr(sqrtm(S1·S2))` for two symmetric PSD `dim x dim` row-major matrices, as the sum of the
+/// singular values of `G1ᵀ·G2` (`S_k = G_k·G_kᵀ` from eigendecompositions), which equals
+/// `Σ sqrt(λ_i(S1^½·S2·S1^½))`; see [`frechet_distance`].
+pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], dim: usize) -> Result<f64> {
+    let a = symmetric("sigma1", s1, dim)?;
+    let b = symmetric("sigma2", s2, dim)?;
+    trace_sqrt_from_factors(&psd_factor("sigma1", &a)?, &psd_factor("sigma2", &b)?)
 }
 
 /// The plain eigenvalue route, `Σ sqrt(max(λ_i, 0))` over the eigenvalues of

@@ -11,7 +11,9 @@
 //! Writing produces what `np.savez_compressed(path, mu=mu, sigma=sigma)` produces: deflated
 //! members `mu.npy` (`<f8`, [d]) and `sigma.npy` (`<f8`, [d,d]), npy format 1.0 with numpy's
 //! 64-byte header alignment, plus, when the sample count is known, `count.npy` (`<i8`, shape
-//! `()`), an extra key that pytorch-fid, clean-fid and the ADM evaluator ignore. The archive is
+//! `()`), and for sets of no more samples than dimensions `sigma_factor.npy` (`<f8`, [d,n]: the
+//! thin covariance factor, so FID against such a file needs no eigendecomposition of it): extra
+//! keys that pytorch-fid, clean-fid and the ADM evaluator ignore. The archive is
 //! written to a temporary name in the same folder, synced and renamed into place.
 
 use std::fs::File;
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::RgbImage;
 
-use crate::stats::{FeatureStats, FidError, Result};
+use crate::stats::{FeatureStats, FidError, LowRankFactor, Result};
 
 type Archive = zip::ZipArchive<BufReader<File>>;
 
@@ -421,12 +423,31 @@ pub fn load_npz_stats_named(
     if d == 0 {
         return Err(npz_err(path, Some(mu_key), "empty mean vector"));
     }
-    Ok(FeatureStats {
+    let stats = FeatureStats {
         mu,
         sigma,
         dim: d,
         count,
-    })
+        factor: None,
+    };
+    let factor_key = format!("{sigma_key}_factor");
+    if !has_key(&archive, &factor_key) {
+        return Ok(stats);
+    }
+    let (shape, data) = read_f64_array(&mut archive, path, &factor_key)?;
+    let cols = match shape[..] {
+        [rows, cols] if rows == d => cols,
+        _ => {
+            return Err(npz_err(
+                path,
+                Some(&factor_key),
+                format!("expected shape [{d}, k] to match `{sigma_key}`, got {shape:?}"),
+            ))
+        }
+    };
+    stats
+        .with_factor(LowRankFactor { cols, data })
+        .map_err(|e| npz_err(path, Some(&factor_key), e.to_string()))
 }
 
 /// An ADM-style sample batch: `key` (usually `arr_0`) uint8 [N,H,W,3] in NHWC. Grayscale
@@ -563,6 +584,16 @@ fn save_stats_sets_npz(path: impl AsRef<Path>, sets: &[(&str, &str, &FeatureStat
                 &f64_bytes(&stats.sigma),
             )
             .map_err(zerr)?;
+            if let Some(f) = &stats.factor {
+                write_member(
+                    &mut zip,
+                    &format!("{sigma_key}_factor"),
+                    "<f8",
+                    &[stats.dim, f.cols],
+                    &f64_bytes(&f.data),
+                )
+                .map_err(zerr)?;
+            }
         }
         if let Some((_, _, first)) = sets.first() {
             if first.count > 0 {

@@ -78,6 +78,49 @@ pub struct FeatureStats {
     /// Number of samples the statistics were computed from; 0 when unknown (e.g. loaded from a
     /// pytorch-fid `.npz`, which does not record it).
     pub count: usize,
+    /// `sigma = G·Gᵀ` with a thin `G`, kept for sets with no more samples than dimensions (see
+    /// [`LowRankFactor`]); `None` otherwise.
+    pub factor: Option<LowRankFactor>,
+}
+
+/// A thin square root of a covariance: `G` (`dim x cols`, row-major) with `G·Gᵀ = sigma`. For a
+/// set of `n <= dim` samples it is the centred features over `sqrt(n − 1)`, so the Fréchet
+/// distance needs no `dim x dim` eigendecomposition of that side (for FID-1k or a test's six
+/// images that is most of the work), and it is exact where the eigendecomposition only
+/// approximates the zero eigenvalues.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LowRankFactor {
+    pub cols: usize,
+    pub data: Vec<f64>,
+}
+
+impl LowRankFactor {
+    /// Checks the shape against `dim`, finiteness, and that `tr(G·Gᵀ)` equals `tr(sigma)` to
+    /// 1e-9 relative (a factor that does not belong to its covariance would silently change FID).
+    pub fn validate(&self, dim: usize, sigma_trace: f64) -> Result<()> {
+        if self.cols == 0 || self.data.len() != dim * self.cols {
+            return Err(FidError::InvalidStats(format!(
+                "covariance factor has {} values, expected {dim}x{} with at least one column",
+                self.data.len(),
+                self.cols
+            )));
+        }
+        if let Some(i) = self.data.iter().position(|v| !v.is_finite()) {
+            return Err(FidError::InvalidStats(format!(
+                "covariance factor [{}, {}] is not finite ({})",
+                i / self.cols,
+                i % self.cols,
+                self.data[i]
+            )));
+        }
+        let tr: f64 = self.data.iter().map(|v| v * v).sum();
+        if (tr - sigma_trace).abs() > 1e-9 * sigma_trace.abs().max(f64::MIN_POSITIVE) {
+            return Err(FidError::InvalidStats(format!(
+                "covariance factor does not match sigma: tr(G·Gᵀ) = {tr}, tr(sigma) = {sigma_trace}"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl FeatureStats {
@@ -88,6 +131,7 @@ impl FeatureStats {
             mu,
             sigma,
             count,
+            factor: None,
         };
         s.validate()?;
         Ok(s)
@@ -142,7 +186,17 @@ impl FeatureStats {
                 self.sigma[i]
             )));
         }
+        if let Some(f) = &self.factor {
+            f.validate(self.dim, self.trace())?;
+        }
         Ok(())
+    }
+
+    /// The same statistics with a thin covariance factor, checked by [`LowRankFactor::validate`].
+    pub fn with_factor(mut self, factor: LowRankFactor) -> Result<Self> {
+        factor.validate(self.dim, self.trace())?;
+        self.factor = Some(factor);
+        Ok(self)
     }
 
     /// True when the covariance is necessarily singular because there were no more samples than
@@ -172,6 +226,9 @@ pub struct StatsAccumulator {
     m2: Mat<f64>,
     /// Values per internal chunk ([`CHUNK_ELEMS`]; smaller in tests).
     chunk_elems: usize,
+    /// Every row added, while there are no more rows than dimensions (for the thin factor of
+    /// [`LowRankFactor`]); dropped once the count exceeds `dim`.
+    rows: Option<Vec<f64>>,
 }
 
 impl StatsAccumulator {
@@ -186,6 +243,7 @@ impl StatsAccumulator {
             mean: vec![0.0; dim],
             m2: Mat::zeros(dim, dim),
             chunk_elems: CHUNK_ELEMS,
+            rows: Some(Vec::new()),
         })
     }
 
@@ -229,6 +287,11 @@ impl StatsAccumulator {
                 col: i % dim,
                 value: features[i].into(),
             });
+        }
+        if self.count + features.len() / dim > dim {
+            self.rows = None;
+        } else if let Some(rows) = &mut self.rows {
+            rows.extend(features.iter().map(|v| (*v).into()));
         }
         let rows_per_chunk = (self.chunk_elems / dim).max(1);
         for chunk in features.chunks(rows_per_chunk * dim) {
@@ -321,11 +384,24 @@ impl StatsAccumulator {
                 sigma[j * d + i] = v;
             }
         }
+        // The thin factor: centred rows over sqrt(n − 1), transposed to dim x n.
+        let factor = self.rows.as_ref().map(|x| {
+            let n = self.count;
+            let scale = 1.0 / denom.sqrt();
+            let mut data = vec![0.0f64; d * n];
+            for (r, row) in x.chunks_exact(d).enumerate() {
+                for (i, (v, m)) in row.iter().zip(&self.mean).enumerate() {
+                    data[i * n + r] = (v - m) * scale;
+                }
+            }
+            LowRankFactor { cols: n, data }
+        });
         Ok(FeatureStats {
             mu: self.mean.clone(),
             sigma,
             dim: d,
             count: self.count,
+            factor,
         })
     }
 }

@@ -157,6 +157,109 @@ fn golden_fid_matches_40_digit_reference() {
     }
 }
 
+/// A set of no more samples than dimensions carries a thin covariance factor (its centred
+/// features over sqrt(n − 1)); FID through it, on one side or both, equals the 40-digit
+/// reference like the eigendecomposition route, and a set with more samples carries none.
+#[test]
+fn thin_factor_route_matches_the_reference() {
+    let t = golden_tensors();
+    let j = golden_json();
+    let case = "relu_rank_deficient";
+    let mp: f64 = j["cases"][case]["fid_mpmath_40digits"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let feats = |w: u8| {
+        let (s, f) = vec_f64(&t, &format!("{case}.features{w}"));
+        FeatureStats::from_features_f64(&f, s[1]).unwrap()
+    };
+    let (a, b) = (feats(1), feats(2));
+    let g = a
+        .factor
+        .as_ref()
+        .expect("64 samples of 128-d features carry a factor");
+    assert_eq!((g.cols, g.data.len()), (64, 64 * 128));
+    // G·Gᵀ is the covariance.
+    let scale = a.sigma.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for i in 0..a.dim {
+        for k in 0..a.dim {
+            let dot: f64 = (0..g.cols)
+                .map(|c| g.data[i * g.cols + c] * g.data[k * g.cols + c])
+                .sum();
+            assert!((dot - a.sigma[i * a.dim + k]).abs() <= 1e-13 * scale);
+        }
+    }
+    let strip = |s: &FeatureStats| FeatureStats {
+        factor: None,
+        ..s.clone()
+    };
+    let r = |x: f64| ((x - mp) / mp).abs();
+    for (name, x, y) in [
+        ("both thin", a.clone(), b.clone()),
+        ("first thin", a.clone(), strip(&b)),
+        ("second thin", strip(&a), b.clone()),
+        ("neither", strip(&a), strip(&b)),
+    ] {
+        let fid = frechet_distance(&x, &y).unwrap();
+        println!("{name}: {fid:.17} (vs mpmath-40 {:.2e})", r(fid));
+        assert!(r(fid) <= 1e-12, "{name}: {fid} vs mpmath {mp}");
+    }
+    assert!(frechet_distance(&a, &a).unwrap().abs() <= 1e-12);
+    let (s, f) = vec_f64(&t, "full_rank.features1");
+    let full = FeatureStats::from_features_f64(&f, s[1]).unwrap();
+    assert!(
+        full.factor.is_none(),
+        "300 samples of 64-d features: no factor"
+    );
+}
+
+/// The factor travels in the `.npz` as `sigma_factor`; one that does not match its sigma is
+/// refused with the file and the key named.
+#[test]
+fn thin_factor_in_npz_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mu, sigma) = ([1.0, 2.0], [2.0, 0.0, 0.0, 2.0]);
+    // G = [[1, -1], [1, 1]] (2x2 with k = 2): G·Gᵀ = 2·I.
+    let good = [1.0, -1.0, 1.0, 1.0];
+    let path = dir.path().join("thin.npz");
+    write_npz(
+        &path,
+        &[
+            ("mu", "<f8", &[2], &f64_le(&mu)),
+            ("sigma", "<f8", &[2, 2], &f64_le(&sigma)),
+            ("sigma_factor", "<f8", &[2, 2], &f64_le(&good)),
+        ],
+    );
+    let st = load_stats_npz(&path).unwrap();
+    assert_eq!(st.factor.as_ref().unwrap().data, good);
+    let bad = [2.0, -1.0, 1.0, 1.0];
+    write_npz(
+        &path,
+        &[
+            ("mu", "<f8", &[2], &f64_le(&mu)),
+            ("sigma", "<f8", &[2, 2], &f64_le(&sigma)),
+            ("sigma_factor", "<f8", &[2, 2], &f64_le(&bad)),
+        ],
+    );
+    let e = load_stats_npz(&path).unwrap_err().to_string();
+    println!("{e}");
+    assert!(
+        e.contains("thin.npz") && e.contains("sigma_factor") && e.contains("does not match"),
+        "{e}"
+    );
+    write_npz(
+        &path,
+        &[
+            ("mu", "<f8", &[2], &f64_le(&mu)),
+            ("sigma", "<f8", &[2, 2], &f64_le(&sigma)),
+            ("sigma_factor", "<f8", &[3, 1], &f64_le(&[1.0, 1.0, 1.0])),
+        ],
+    );
+    let e = load_stats_npz(&path).unwrap_err().to_string();
+    assert!(e.contains("sigma_factor") && e.contains("[2, k]"), "{e}");
+}
+
 #[test]
 fn fid_of_identical_stats_is_zero() {
     let t = golden_tensors();
