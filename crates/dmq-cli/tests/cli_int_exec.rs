@@ -2,31 +2,9 @@
 //! model: sampling, eval against the simulated execution of the same artifact (PSNR), bench rows
 //! with memory, and clear refusals (non-quantized model, non-f32).
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn dmq(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dmq"))
-        .args(args)
-        .env("DMQ_CACHE_DIR", cache)
-        .output()
-        .expect("dmq runs")
-}
-
-fn ok(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(o.status.success(), "{err}");
-    err
-}
-
-fn fails(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(
-        !o.status.success(),
-        "expected a failure, got success: {err}"
-    );
-    err
-}
+use common::{dmq, fails, json, ok};
 
 const TINY_RTN: &str = r#"
 format_version = 1
@@ -46,10 +24,6 @@ batch = 4
 [reconstruction]
 enabled = false
 "#;
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 #[test]
 fn integer_execution_from_the_command_line() {

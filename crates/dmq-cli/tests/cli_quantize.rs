@@ -3,31 +3,11 @@
 //! an existing output is not replaced without --overwrite, and bad recipes and artifacts are
 //! clear errors.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn dmq(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dmq"))
-        .args(args)
-        .env("DMQ_CACHE_DIR", cache)
-        .output()
-        .expect("dmq runs")
-}
-
-fn ok(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(o.status.success(), "{err}");
-    err
-}
-
-fn fails(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(
-        !o.status.success(),
-        "expected a failure, got success: {err}"
-    );
-    err
-}
+use common::{dmq, fails, ok};
 
 const TINY: &str = r#"
 format_version = 1
@@ -342,7 +322,7 @@ fn ptqd_quantize_sample_and_recalibrate() {
 #[test]
 fn ptqd_flags_are_documented_with_defaults() {
     let help = |cmd: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_dmq"))
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmq"))
             .args([cmd, "--help"])
             .output()
             .unwrap();

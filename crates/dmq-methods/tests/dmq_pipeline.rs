@@ -3,13 +3,15 @@
 //! PTS gives the ResBlock shortcuts shifts, a resumed run restores every layer's scale from its
 //! checkpoint, and the artifact reloads to bit-identical outputs.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use dmq_methods::dmq::DmqHooks;
 use dmq_model::{Ctx, Timesteps, UNet2DModel};
 use dmq_quant::artifact::{self, Manifest};
-use dmq_quant::calib::{self, CalibSet, CalibSpec};
+use dmq_quant::calib::CalibSet;
 use dmq_quant::config::QuantConfig;
 use dmq_quant::ptq::{self, PtqOptions, Silent};
 
@@ -30,19 +32,7 @@ fn recipe() -> QuantConfig {
 }
 
 fn setup() -> (dmq_model::Pipeline, UNet2DModel, CalibSet) {
-    let pipeline = dmq_model::ModelSource::Embedded.resolve().unwrap();
-    let unet = pipeline.load_unet(&Device::Cpu, DType::F32).unwrap();
-    let (label, text) = pipeline.scheduler_config_text().unwrap();
-    let cfg = dmq_sched::ScheduleConfig::from_json_str(&label, &text).unwrap();
-    let sched = dmq_sched::build(dmq_sched::SamplerKind::Ddim { eta: 0.0 }, &cfg, 10).unwrap();
-    let spec = CalibSpec {
-        steps_sampled: 3,
-        samples_per_step: 4,
-        seed: 0,
-        batch: 4,
-    };
-    let set = calib::generate(&unet, &*sched, &spec, || {}).unwrap();
-    (pipeline, unet, set)
+    common::embedded_calib(10, 3, 4)
 }
 
 fn opts(dir: &std::path::Path) -> PtqOptions {

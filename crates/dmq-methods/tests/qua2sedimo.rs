@@ -2,12 +2,12 @@
 //! predictor recovers a planted per-layer sensitivity, and on the embedded model the option
 //! table, proxy labels and a k-means mixed recipe run end to end through the PTQ pipeline.
 
-use candle_core::{DType, Device};
+mod common;
+
 use dmq_methods::qua2sedimo::allocate::{allocate_budget, allocate_lagrangian, brute_force, Item};
 use dmq_methods::qua2sedimo::options::{build_table, search_space, QOption};
 use dmq_methods::qua2sedimo::predictor::{fit_and_evaluate, spearman};
 use dmq_methods::qua2sedimo::{proxy, sample_configs};
-use dmq_quant::calib::{self, CalibSpec};
 use dmq_quant::config::{MixedOptions, QuantConfig};
 use dmq_quant::ptq::{self, PtqOptions, Silent};
 use rand::{Rng, SeedableRng};
@@ -117,18 +117,7 @@ fn predictor_recovers_planted_sensitivity() {
 
 #[test]
 fn embedded_model_options_proxy_and_kmeans_recipe() {
-    let pipeline = dmq_model::ModelSource::Embedded.resolve().unwrap();
-    let mut unet = pipeline.load_unet(&Device::Cpu, DType::F32).unwrap();
-    let (label, text) = pipeline.scheduler_config_text().unwrap();
-    let scfg = dmq_sched::ScheduleConfig::from_json_str(&label, &text).unwrap();
-    let sched = dmq_sched::build(dmq_sched::SamplerKind::Ddim { eta: 0.0 }, &scfg, 10).unwrap();
-    let spec = CalibSpec {
-        steps_sampled: 3,
-        samples_per_step: 4,
-        seed: 0,
-        batch: 4,
-    };
-    let set = calib::generate(&unet, &*sched, &spec, || {}).unwrap();
+    let (_pipeline, mut unet, set) = common::embedded_calib(10, 3, 4);
 
     // Option table over a few layers (all of them takes too long for CI at opt-level 1); 3-bit
     // options store fewer bits and err more than 8-bit.

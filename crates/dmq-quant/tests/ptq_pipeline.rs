@@ -19,7 +19,7 @@ fn small_recipe() -> QuantConfig {
     c.calibration.steps_sampled = 5;
     c.calibration.samples_per_step = 4;
     c.calibration.batch = 4;
-    c.reconstruction.iters = 25;
+    c.reconstruction.iters = 12;
     c.reconstruction.batch = 4;
     c.activations.ema_batch = 3;
     c
@@ -87,6 +87,7 @@ fn base_recipe_reconstructs_resumes_and_reloads_exactly() {
     )
     .unwrap();
     let eps_full = eps_at_step(&unet, &set);
+    eprintln!("stages (s): {:?}", full.stage_seconds);
 
     // Split layers: the decoder shortcuts have two weight parts and two activation quantizers.
     let splits = unet.split_points();
