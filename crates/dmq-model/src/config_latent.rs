@@ -542,7 +542,7 @@ impl PatchTransformerConfig {
         };
         check_class(&mut f, &[class, "Transformer2DModel"])?;
         f.choice_or("norm_type", norm_type, &[norm_type])?;
-        let heads = f.usize_or("num_attention_heads", if pixart { 16 } else { 16 })?;
+        let heads = f.usize_or("num_attention_heads", 16)?;
         let head_dim = f.usize_or("attention_head_dim", 72)?;
         let in_channels = f.usize_or("in_channels", 4)?;
         let out_channels = f.opt_usize("out_channels")?.unwrap_or(in_channels);

@@ -61,9 +61,9 @@ impl Decoder {
         let n = rev.len();
         let mut up_blocks = Vec::with_capacity(n);
         let mut out_c = rev[0];
-        for i in 0..n {
+        for (i, &c) in rev.iter().enumerate() {
             let prev = out_c;
-            out_c = rev[i];
+            out_c = c;
             let bp = p(&format!("up_blocks.{i}"));
             let resnets = (0..cfg.layers_per_block + 1)
                 .map(|j| {

@@ -33,9 +33,9 @@ impl Encoder {
         let n = c.len();
         let mut down_blocks = Vec::with_capacity(n);
         let mut out_c = c[0];
-        for i in 0..n {
+        for (i, &ci) in c.iter().enumerate() {
             let in_c = out_c;
-            out_c = c[i];
+            out_c = ci;
             down_blocks.push(DownBlock::load(
                 w,
                 &p(&format!("down_blocks.{i}")),
