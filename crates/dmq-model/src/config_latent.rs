@@ -200,17 +200,18 @@ impl UNet2DConditionConfig {
                 )),
             })
             .collect::<Result<Vec<_>>>()?;
-        let has_mid_block =
-            match f.opt_string("mid_block_type")? {
-                None => false,
-                Some(s) if s == "UNetMidBlock2DCrossAttn" => true,
-                Some(s) => return Err(err(
+        let has_mid_block = match f.opt_string("mid_block_type")? {
+            None => false,
+            Some(s) if s == "UNetMidBlock2DCrossAttn" => true,
+            Some(s) => {
+                return Err(err(
                     "mid_block_type",
                     format!(
                         "value \"{s}\" is not supported (supported: UNetMidBlock2DCrossAttn, null)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         // diffusers' default when the key is absent is UNetMidBlock2DCrossAttn.
         let has_mid_block = has_mid_block || !f.contains("mid_block_type");
         let up_block_types = f

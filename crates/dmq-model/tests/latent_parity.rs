@@ -182,3 +182,140 @@ fn pixart_matches_diffusers() {
         .unwrap();
     check("pixart", "out_nomask", &out, &g);
 }
+
+/// The config text of `rel` with `from` replaced by `to` (which must occur).
+fn edited_config(rel: &str, from: &str, to: &str) -> (PathBuf, String) {
+    let path = tiny().join(rel);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{rel} has no `{from}`");
+    (path, text.replace(from, to))
+}
+
+#[test]
+fn unsupported_config_values_name_file_and_field() {
+    let (path, text) = edited_config(
+        "sd/unet/config.json",
+        "\"CrossAttnDownBlock2D\"",
+        "\"SimpleCrossAttnDownBlock2D\"",
+    );
+    let e = UNet2DConditionConfig::from_json_str(&path, &text)
+        .unwrap_err()
+        .to_string();
+    eprintln!("{e}");
+    assert!(e.contains("sd/unet/config.json"), "{e}");
+    assert!(e.contains("`down_block_types`"), "{e}");
+    assert!(e.contains("SimpleCrossAttnDownBlock2D"), "{e}");
+
+    let (path, text) = edited_config(
+        "sd/unet/config.json",
+        "\"num_attention_heads\": null",
+        "\"num_attention_heads\": 4",
+    );
+    let e = UNet2DConditionConfig::from_json_str(&path, &text)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`num_attention_heads`"), "{e}");
+
+    let (path, text) = edited_config(
+        "dit/transformer/config.json",
+        "\"ada_norm_zero\"",
+        "\"ada_norm\"",
+    );
+    let e = PatchTransformerConfig::dit_from_json_str(&path, &text)
+        .unwrap_err()
+        .to_string();
+    eprintln!("{e}");
+    assert!(e.contains("dit/transformer/config.json"), "{e}");
+    assert!(e.contains("`norm_type`") && e.contains("ada_norm"), "{e}");
+
+    let (path, text) = edited_config(
+        "pixart/transformer/config.json",
+        "\"gelu-approximate\"",
+        "\"swiglu\"",
+    );
+    let e = PatchTransformerConfig::pixart_from_json_str(&path, &text)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`activation_fn`") && e.contains("swiglu"), "{e}");
+
+    let (path, text) = edited_config(
+        "sd/vae/config.json",
+        "\"UpDecoderBlock2D\"",
+        "\"AttnUpDecoderBlock2D\"",
+    );
+    let e = AutoencoderKLConfig::from_json_str(&path, &text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sd/vae/config.json") && e.contains("`up_block_types`"),
+        "{e}"
+    );
+
+    // A key diffusers does not have is refused rather than ignored.
+    let (path, text) = edited_config(
+        "pixart/transformer/config.json",
+        "\"num_layers\": 2,",
+        "\"num_layers\": 2, \"use_rope\": true,",
+    );
+    let e = PatchTransformerConfig::pixart_from_json_str(&path, &text)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`use_rope`"), "{e}");
+}
+
+/// PixArt's checkpoint rewritten with `edit` applied to its tensors, then loaded.
+fn load_pixart_edited(
+    edit: impl FnOnce(&mut HashMap<String, Tensor>),
+) -> dmq_model::Result<PixArtTransformer2DModel> {
+    let dir = tiny().join("pixart/transformer");
+    let mut tensors = candle_core::safetensors::load(
+        dir.join("diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    edit(&mut tensors);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("diffusion_pytorch_model.safetensors");
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let cfg = PatchTransformerConfig::pixart_from_file(&dir.join("config.json")).unwrap();
+    let w = WeightStore::open(&file, &Device::Cpu, DType::F32)?;
+    PixArtTransformer2DModel::load(cfg, &w)
+}
+
+#[test]
+fn missing_or_unused_checkpoint_tensors_are_named() {
+    let missing = "transformer_blocks.1.attn2.to_k.bias";
+    let e = load_pixart_edited(|t| {
+        t.remove(missing).unwrap();
+    })
+    .err()
+    .expect("a missing tensor must fail")
+    .to_string();
+    eprintln!("{e}");
+    assert!(e.contains(missing) && e.contains("missing"), "{e}");
+
+    let extra = "transformer_blocks.0.attn2.norm_q.weight";
+    let e = load_pixart_edited(|t| {
+        t.insert(
+            extra.into(),
+            Tensor::ones(32, DType::F32, &Device::Cpu).unwrap(),
+        );
+    })
+    .err()
+    .expect("an unused tensor must fail")
+    .to_string();
+    eprintln!("{e}");
+    assert!(e.contains(extra) && e.contains("not used"), "{e}");
+
+    // A wrong shape names the tensor too.
+    let e = load_pixart_edited(|t| {
+        t.insert(
+            "scale_shift_table".into(),
+            Tensor::zeros((3, 32), DType::F32, &Device::Cpu).unwrap(),
+        );
+    })
+    .err()
+    .expect("a wrong shape must fail")
+    .to_string();
+    assert!(e.contains("scale_shift_table"), "{e}");
+}
