@@ -319,3 +319,137 @@ fn missing_or_unused_checkpoint_tensors_are_named() {
     .to_string();
     assert!(e.contains("scale_shift_table"), "{e}");
 }
+
+const TRAJECTORY_TOL: f32 = 1e-3;
+
+fn check_traj(what: &str, name: &str, got: &Tensor, g: &HashMap<String, Tensor>) {
+    let want = &g[name];
+    assert_eq!(got.dims(), want.dims(), "{what} {name}: shape");
+    let e = max_rel_err(got, want).unwrap();
+    eprintln!("{what} {name}: max rel err {e:.2e}");
+    assert!(e <= TRAJECTORY_TOL, "{what} {name}: rel err {e:.3e}");
+}
+
+/// The scheduler of `model` for 10 DDIM steps (eta 0), checked against the golden's schedule.
+fn ddim10(model: &str, g: &HashMap<String, Tensor>) -> dmq_sched::Ddim {
+    let cfg = dmq_sched::ScheduleConfig::from_file(
+        &tiny().join(model).join("scheduler/scheduler_config.json"),
+    )
+    .unwrap();
+    let sched = dmq_sched::Ddim::new(&cfg, 10, 0.0).unwrap();
+    let want: Vec<usize> = g["timesteps"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .iter()
+        .map(|&t| t as usize)
+        .collect();
+    assert_eq!(dmq_sched::Scheduler::timesteps(&sched), want.as_slice());
+    let acp: Vec<f32> = cfg.alphas_cumprod().iter().map(|&a| a as f32).collect();
+    let acp = Tensor::from_vec(acp, 1000, &Device::Cpu).unwrap();
+    check_traj(model, "alphas_cumprod", &acp, g);
+    let last = sched.coefficients(9).unwrap().alpha_prod_t_prev as f32;
+    let want_last = g["final_alpha_cumprod"].to_vec1::<f32>().unwrap()[0];
+    assert!(
+        (last - want_last).abs() <= 1e-6 * want_last,
+        "{last} vs {want_last}"
+    );
+    sched
+}
+
+/// `VaeImageProcessor.postprocess(output_type="pt")`: `[-1, 1]` → `[0, 1]`, clamped.
+fn postprocess(raw: &Tensor) -> Tensor {
+    ((raw * 0.5).unwrap() + 0.5)
+        .unwrap()
+        .clamp(0f32, 1f32)
+        .unwrap()
+}
+
+#[test]
+fn sd_ddim10_cfg_trajectory_matches_diffusers() {
+    let g = goldens("sd/golden/ddim10_cfg.safetensors");
+    let unet = load_unet();
+    let vae = load_vae("sd");
+    let sched = ddim10("sd", &g);
+    let scale = g["guidance_scale"].to_vec1::<f32>().unwrap()[0] as f64;
+    let guidance = dmq_sched::Guidance {
+        scale,
+        order: dmq_sched::CfgOrder::UncondFirst,
+        prediction_channels: None,
+    };
+    let context = Tensor::cat(&[&g["negative_prompt_embeds"], &g["prompt_embeds"]], 0).unwrap();
+    let mut xs = vec![g["latents_T"].clone()];
+    let (mut guided, mut x0s) = (Vec::new(), Vec::new());
+    let final_latents = dmq_sched::sample_guided(
+        &sched,
+        g["latents_T"].clone(),
+        &guidance,
+        |x2, t, i| {
+            unet.forward(x2, Timesteps::Shared(t as f64), &context, &Ctx::at_step(i))
+                .map_err(dmq_sched::SchedError::other)
+        },
+        |_| Ok(None),
+        |_, eps, out| {
+            guided.push(eps.clone());
+            x0s.push(out.pred_original_sample.clone());
+            xs.push(out.prev_sample.clone());
+        },
+    )
+    .unwrap();
+    let stack = |v: &[Tensor]| Tensor::stack(v, 0).unwrap();
+    check_traj("sd", "noise_pred", &stack(&guided), &g);
+    check_traj("sd", "pred_x0", &stack(&x0s), &g);
+    check_traj("sd", "xs", &stack(&xs), &g);
+    check_traj("sd", "final_latents", &final_latents, &g);
+    let sf = vae.config.scaling_factor;
+    let raw = vae
+        .decode(&(&final_latents / sf).unwrap(), &Ctx::inference())
+        .unwrap();
+    check_traj("sd", "image_raw", &raw, &g);
+    check_traj("sd", "image", &postprocess(&raw), &g);
+}
+
+#[test]
+fn dit_ddim10_cfg_trajectory_matches_diffusers() {
+    let g = goldens("dit/golden/ddim10_cfg.safetensors");
+    let dit = load_dit();
+    let vae = load_vae("dit");
+    let sched = ddim10("dit", &g);
+    let scale = g["guidance_scale"].to_vec1::<f32>().unwrap()[0] as f64;
+    let guidance = dmq_sched::Guidance {
+        scale,
+        order: dmq_sched::CfgOrder::CondFirst,
+        prediction_channels: Some(dit.config.in_channels),
+    };
+    let labels = &g["class_labels_input"];
+    let mut xs = vec![g["latents_T"].clone()];
+    let (mut raw_out, mut guided) = (Vec::new(), Vec::new());
+    let final_latents = dmq_sched::sample_guided(
+        &sched,
+        g["latents_T"].clone(),
+        &guidance,
+        |x2, t, i| {
+            let out = dit
+                .forward(x2, Timesteps::Shared(t as f64), labels, &Ctx::at_step(i))
+                .map_err(dmq_sched::SchedError::other)?;
+            raw_out.push(out.clone());
+            Ok(out)
+        },
+        |_| Ok(None),
+        |_, eps, out| {
+            guided.push(eps.clone());
+            xs.push(out.prev_sample.clone());
+        },
+    )
+    .unwrap();
+    let stack = |v: &[Tensor]| Tensor::stack(v, 0).unwrap();
+    check_traj("dit", "model_out", &stack(&raw_out), &g);
+    check_traj("dit", "guided_eps", &stack(&guided), &g);
+    check_traj("dit", "xs", &stack(&xs), &g);
+    check_traj("dit", "final_latents", &final_latents, &g);
+    let sf = vae.config.scaling_factor;
+    let raw = vae
+        .decode(&(&final_latents * (1.0 / sf)).unwrap(), &Ctx::inference())
+        .unwrap();
+    check_traj("dit", "image_raw", &raw, &g);
+    check_traj("dit", "image", &postprocess(&raw), &g);
+}
