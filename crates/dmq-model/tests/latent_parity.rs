@@ -453,3 +453,154 @@ fn dit_ddim10_cfg_trajectory_matches_diffusers() {
     check_traj("dit", "image_raw", &raw, &g);
     check_traj("dit", "image", &postprocess(&raw), &g);
 }
+
+/// Calibration runs with `Ctx::differentiable()` (composed softmax and LayerNorm, which have a
+/// backward pass): the same goldens must hold there too.
+#[test]
+fn differentiable_context_matches_diffusers_too() {
+    let ctx = Ctx::differentiable();
+    let g = goldens("sd/golden/unet_call.safetensors");
+    let ts = timesteps(&g["timesteps"]);
+    let eps = load_unet()
+        .forward(
+            &g["latents"],
+            Timesteps::PerSample(&ts),
+            &g["encoder_hidden_states"],
+            &ctx,
+        )
+        .unwrap();
+    check("sd unet (differentiable)", "eps", &eps, &g);
+
+    let g = goldens("sd/golden/vae.safetensors");
+    let images = load_vae("sd").decode(&g["z"], &ctx).unwrap();
+    check("sd vae (differentiable)", "images", &images, &g);
+
+    let g = goldens("dit/golden/transformer_call.safetensors");
+    let ts = timesteps(&g["timesteps"]);
+    let out = load_dit()
+        .forward(
+            &g["latents"],
+            Timesteps::PerSample(&ts),
+            &g["class_labels"],
+            &ctx,
+        )
+        .unwrap();
+    check("dit (differentiable)", "out", &out, &g);
+
+    let g = goldens("pixart/golden/transformer_call.safetensors");
+    let ts = timesteps(&g["timesteps"]);
+    let out = load_pixart()
+        .forward(
+            &g["latents"],
+            Timesteps::PerSample(&ts),
+            &g["encoder_hidden_states"],
+            Some(&g["encoder_attention_mask"]),
+            &ctx,
+        )
+        .unwrap();
+    check("pixart (differentiable)", "out", &out, &g);
+}
+
+/// `layers_mut` is what quantization passes visit: it must list every conv and linear of the
+/// checkpoint (rank-2/4 `.weight` tensors other than embedding tables) exactly once.
+#[test]
+fn layers_mut_lists_every_conv_and_linear_once() {
+    fn expected(dir: &str) -> Vec<String> {
+        let t = candle_core::safetensors::load(
+            tiny().join(dir).join("diffusion_pytorch_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut v: Vec<String> = t
+            .iter()
+            .filter(|(n, w)| {
+                n.ends_with(".weight")
+                    && !n.contains("embedding_table")
+                    && matches!(w.rank(), 2 | 4)
+            })
+            .map(|(n, _)| n.trim_end_matches(".weight").to_string())
+            .collect();
+        v.sort();
+        v
+    }
+    fn sorted(paths: Vec<String>) -> Vec<String> {
+        let n = paths.len();
+        let mut v = paths;
+        v.sort();
+        v.dedup();
+        assert_eq!(v.len(), n, "a layer is listed twice");
+        v
+    }
+    let mut unet = load_unet();
+    let paths: Vec<String> = unet
+        .layers_mut()
+        .iter()
+        .map(|l| l.path().to_string())
+        .collect();
+    assert_eq!(paths[0], "time_embedding.linear_1");
+    assert_eq!(paths.last().unwrap(), "conv_out");
+    assert_eq!(sorted(paths), expected("sd/unet"));
+    let mut vae = load_vae("sd");
+    let paths = vae
+        .layers_mut()
+        .iter()
+        .map(|l| l.path().to_string())
+        .collect();
+    assert_eq!(sorted(paths), expected("sd/vae"));
+    let mut dit = load_dit();
+    let paths = dit
+        .layers_mut()
+        .iter()
+        .map(|l| l.path().to_string())
+        .collect();
+    assert_eq!(sorted(paths), expected("dit/transformer"));
+    let mut pixart = load_pixart();
+    let paths = pixart
+        .layers_mut()
+        .iter()
+        .map(|l| l.path().to_string())
+        .collect();
+    assert_eq!(sorted(paths), expected("pixart/transformer"));
+}
+
+/// Under `Ctx::differentiable()` gradients flow back to the input through every op (fused
+/// kernels without a backward pass would fail or cut the graph).
+#[test]
+fn differentiable_context_has_gradients() {
+    fn grad_ok(what: &str, x: &candle_core::Var, out: &Tensor) {
+        let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads
+            .get(x)
+            .unwrap_or_else(|| panic!("{what}: no gradient"));
+        let v: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            v.iter().all(|a| a.is_finite()),
+            "{what}: non-finite gradient"
+        );
+        assert!(v.iter().any(|a| *a != 0.0), "{what}: zero gradient");
+    }
+    let ctx = Ctx::differentiable();
+    let g = goldens("sd/golden/unet_call.safetensors");
+    let x = candle_core::Var::from_tensor(&g["latents"]).unwrap();
+    let out = load_unet()
+        .forward(
+            &x,
+            Timesteps::Shared(500.0),
+            &g["encoder_hidden_states"],
+            &ctx,
+        )
+        .unwrap();
+    grad_ok("sd unet", &x, &out);
+    let g = goldens("pixart/golden/transformer_call.safetensors");
+    let x = candle_core::Var::from_tensor(&g["latents"]).unwrap();
+    let out = load_pixart()
+        .forward(
+            &x,
+            Timesteps::Shared(500.0),
+            &g["encoder_hidden_states"],
+            Some(&g["encoder_attention_mask"]),
+            &ctx,
+        )
+        .unwrap();
+    grad_ok("pixart", &x, &out);
+}
