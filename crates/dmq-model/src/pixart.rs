@@ -101,6 +101,13 @@ impl PixArtTransformer2DModel {
         Ok(model)
     }
 
+    /// Loads a diffusers component folder (`config.json` and its safetensors checkpoint).
+    pub fn from_folder(dir: &std::path::Path, device: &Device, dtype: DType) -> Result<Self> {
+        let cfg = PatchTransformerConfig::pixart_from_file(&dir.join("config.json"))?;
+        let w = WeightStore::open(&crate::source::find_weights(dir)?, device, dtype)?;
+        Self::load(cfg, &w)
+    }
+
     /// Every conv and linear layer in forward order.
     pub fn layers_mut(&mut self) -> Vec<LayerMut<'_>> {
         let mut out = vec![LayerMut::Conv(&mut self.pos_embed.proj)];

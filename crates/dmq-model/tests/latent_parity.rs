@@ -3,7 +3,7 @@
 //! within `max|a−b|/max|b| ≤ 1e-4`, every `act.*` tap included.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use dmq_model::compare::max_rel_err;
@@ -20,15 +20,6 @@ fn tiny() -> PathBuf {
 
 fn goldens(rel: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(tiny().join(rel), &Device::Cpu).unwrap()
-}
-
-fn weights(dir: &Path) -> WeightStore {
-    WeightStore::open(
-        &dir.join("diffusion_pytorch_model.safetensors"),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap()
 }
 
 fn timesteps(t: &Tensor) -> Vec<f64> {
@@ -65,28 +56,23 @@ fn check_taps(what: &str, ctx: &Ctx, g: &HashMap<String, Tensor>) {
     }
 }
 
-pub fn load_unet() -> UNet2DConditionModel {
-    let dir = tiny().join("sd/unet");
-    let cfg = UNet2DConditionConfig::from_file(&dir.join("config.json")).unwrap();
-    UNet2DConditionModel::load(cfg, &weights(&dir)).unwrap()
+fn load_unet() -> UNet2DConditionModel {
+    UNet2DConditionModel::from_folder(&tiny().join("sd/unet"), &Device::Cpu, DType::F32).unwrap()
 }
 
-pub fn load_vae(model: &str) -> AutoencoderKL {
+fn load_vae(model: &str) -> AutoencoderKL {
     let dir = tiny().join(model).join("vae");
-    let cfg = AutoencoderKLConfig::from_file(&dir.join("config.json")).unwrap();
-    AutoencoderKL::load(cfg, &weights(&dir)).unwrap()
+    AutoencoderKL::from_folder(&dir, &Device::Cpu, DType::F32).unwrap()
 }
 
-pub fn load_dit() -> DiTTransformer2DModel {
+fn load_dit() -> DiTTransformer2DModel {
     let dir = tiny().join("dit/transformer");
-    let cfg = PatchTransformerConfig::dit_from_file(&dir.join("config.json")).unwrap();
-    DiTTransformer2DModel::load(cfg, &weights(&dir)).unwrap()
+    DiTTransformer2DModel::from_folder(&dir, &Device::Cpu, DType::F32).unwrap()
 }
 
-pub fn load_pixart() -> PixArtTransformer2DModel {
+fn load_pixart() -> PixArtTransformer2DModel {
     let dir = tiny().join("pixart/transformer");
-    let cfg = PatchTransformerConfig::pixart_from_file(&dir.join("config.json")).unwrap();
-    PixArtTransformer2DModel::load(cfg, &weights(&dir)).unwrap()
+    PixArtTransformer2DModel::from_folder(&dir, &Device::Cpu, DType::F32).unwrap()
 }
 
 #[test]

@@ -190,6 +190,13 @@ impl UNet2DConditionModel {
         Ok(model)
     }
 
+    /// Loads a diffusers component folder (`config.json` and its safetensors checkpoint).
+    pub fn from_folder(dir: &std::path::Path, device: &Device, dtype: DType) -> Result<Self> {
+        let cfg = UNet2DConditionConfig::from_file(&dir.join("config.json"))?;
+        let w = WeightStore::open(&crate::source::find_weights(dir)?, device, dtype)?;
+        Self::load(cfg, &w)
+    }
+
     /// Every conv and linear layer in forward order (time embedding first), under its
     /// checkpoint path.
     pub fn layers_mut(&mut self) -> Vec<LayerMut<'_>> {

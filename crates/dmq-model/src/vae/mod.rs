@@ -72,6 +72,13 @@ impl AutoencoderKL {
         Ok(model)
     }
 
+    /// Loads a diffusers component folder (`config.json` and its safetensors checkpoint).
+    pub fn from_folder(dir: &std::path::Path, device: &Device, dtype: DType) -> Result<Self> {
+        let cfg = AutoencoderKLConfig::from_file(&dir.join("config.json"))?;
+        let w = WeightStore::open(&crate::source::find_weights(dir)?, device, dtype)?;
+        Self::load(cfg, &w)
+    }
+
     /// Every conv and linear layer: encoder, `quant_conv`, `post_quant_conv`, decoder.
     pub fn layers_mut(&mut self) -> Vec<LayerMut<'_>> {
         let mut out = Vec::new();
