@@ -590,3 +590,96 @@ fn differentiable_context_has_gradients() {
         .unwrap();
     grad_ok("pixart", &x, &out);
 }
+
+/// Paths of the convs and linears a traced forward ran, in first-use order.
+fn traced_layers(ctx: Ctx) -> Vec<String> {
+    let mut seen = Vec::<String>::new();
+    for op in ctx.take_trace() {
+        if op.kind != dmq_model::ctx::OpKind::ActMatmul && !seen.contains(&op.path) {
+            seen.push(op.path);
+        }
+    }
+    seen
+}
+
+/// `layers_mut` lists layers in forward order (what per-layer calibration relies on), and a
+/// traced forward sees the attention matmuls too.
+#[test]
+fn layers_mut_is_in_forward_order() {
+    let ctx = Ctx::tracing();
+    let g = goldens("sd/golden/unet_call.safetensors");
+    let mut unet = load_unet();
+    unet.forward(
+        &g["latents"],
+        Timesteps::Shared(500.0),
+        &g["encoder_hidden_states"],
+        &ctx,
+    )
+    .unwrap();
+    let trace = ctx.take_trace();
+    assert!(trace.iter().any(|op| op.path
+        == "down_blocks.0.attentions.0.transformer_blocks.0.attn2.attn_scores"
+        && op.output_shape == [2, 8, 64, 77]));
+    let ctx = Ctx::tracing();
+    unet.forward(
+        &g["latents"],
+        Timesteps::Shared(500.0),
+        &g["encoder_hidden_states"],
+        &ctx,
+    )
+    .unwrap();
+    let paths: Vec<String> = unet
+        .layers_mut()
+        .iter()
+        .map(|l| l.path().to_string())
+        .collect();
+    assert_eq!(traced_layers(ctx), paths);
+
+    let g = goldens("sd/golden/vae.safetensors");
+    let mut vae = load_vae("sd");
+    let ctx = Ctx::tracing();
+    vae.encode(&g["x"], &ctx).unwrap();
+    vae.decode(&g["z"], &ctx).unwrap();
+    let paths: Vec<String> = vae
+        .layers_mut()
+        .iter()
+        .map(|l| l.path().to_string())
+        .collect();
+    assert_eq!(traced_layers(ctx), paths);
+
+    let g = goldens("dit/golden/transformer_call.safetensors");
+    let mut dit = load_dit();
+    let ctx = Ctx::tracing();
+    dit.forward(
+        &g["latents"],
+        Timesteps::Shared(500.0),
+        &g["class_labels"],
+        &ctx,
+    )
+    .unwrap();
+    let paths: Vec<String> = dit
+        .layers_mut()
+        .iter()
+        .map(|l| l.path().to_string())
+        .collect();
+    assert_eq!(traced_layers(ctx), paths);
+
+    let g = goldens("pixart/golden/transformer_call.safetensors");
+    let mut pixart = load_pixart();
+    let ctx = Ctx::tracing();
+    pixart
+        .forward(
+            &g["latents"],
+            Timesteps::Shared(500.0),
+            &g["encoder_hidden_states"],
+            Some(&g["encoder_attention_mask"]),
+            &ctx,
+        )
+        .unwrap();
+    let paths: Vec<String> = pixart
+        .layers_mut()
+        .iter()
+        .map(|l| l.path().to_string())
+        .collect();
+    assert_eq!(traced_layers(ctx), paths);
+}
