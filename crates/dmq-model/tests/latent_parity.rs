@@ -683,3 +683,62 @@ fn layers_mut_is_in_forward_order() {
         .collect();
     assert_eq!(traced_layers(ctx), paths);
 }
+
+/// `use_linear_projection` (SD 2.x) and a per-block `attention_head_dim` list: the tiny SD UNet
+/// with its 1x1 `proj_in`/`proj_out` convs rewritten as linear weights and the head count given
+/// as `[8, 8]` is the same function, so it must meet the same golden.
+#[test]
+fn linear_projection_and_head_list_variant_matches() {
+    let dir = tiny().join("sd/unet");
+    let (path, text) = edited_config(
+        "sd/unet/config.json",
+        "\"use_linear_projection\": false",
+        "\"use_linear_projection\": true",
+    );
+    let text = text.replace(
+        "\"attention_head_dim\": 8",
+        "\"attention_head_dim\": [8, 8]",
+    );
+    let cfg = UNet2DConditionConfig::from_json_str(&path, &text).unwrap();
+    assert!(cfg.use_linear_projection);
+    let mut tensors = candle_core::safetensors::load(
+        dir.join("diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut rewritten = 0;
+    for (name, t) in tensors.iter_mut() {
+        if (name.ends_with("proj_in.weight") || name.ends_with("proj_out.weight")) && t.rank() == 4
+        {
+            let (o, i, _, _) = t.dims4().unwrap();
+            *t = t.reshape((o, i)).unwrap();
+            rewritten += 1;
+        }
+    }
+    // down_blocks.0 (1), mid_block (1), up_blocks.1 (layers_per_block + 1 = 2).
+    assert_eq!(
+        rewritten, 8,
+        "4 spatial transformers, proj_in and proj_out each"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("diffusion_pytorch_model.safetensors");
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let w = WeightStore::open(&file, &Device::Cpu, DType::F32).unwrap();
+    let mut unet = UNet2DConditionModel::load(cfg, &w).unwrap();
+    assert!(unet
+        .layers_mut()
+        .iter()
+        .any(|l| l.path() == "down_blocks.0.attentions.0.proj_in"
+            && l.layer_ref().kind == dmq_model::layers::LayerKind::Linear));
+    let g = goldens("sd/golden/unet_call.safetensors");
+    let ts = timesteps(&g["timesteps"]);
+    let eps = unet
+        .forward(
+            &g["latents"],
+            Timesteps::PerSample(&ts),
+            &g["encoder_hidden_states"],
+            &Ctx::inference(),
+        )
+        .unwrap();
+    check("sd unet (linear projection)", "eps", &eps, &g);
+}
