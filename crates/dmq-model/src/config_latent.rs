@@ -549,6 +549,14 @@ impl PatchTransformerConfig {
         let out_channels = f.opt_usize("out_channels")?.unwrap_or(in_channels);
         let num_layers = f.usize_or("num_layers", 28)?;
         f.ignore(&["dropout", "norm_num_groups"]);
+        // Keys of the older `Transformer2DModel` class (real DiT and PixArt checkpoints carry
+        // them); diffusers remaps such configs to the patch models, where they mean nothing
+        // unless they ask for another code path. `use_linear_projection` only concerns
+        // continuous (non-patch) inputs.
+        require_null(&mut f, &["num_vector_embeds"])?;
+        require_bool(&mut f, "only_cross_attention", false, false)?;
+        require_bool(&mut f, "double_self_attention", false, false)?;
+        f.bool_or("use_linear_projection", false)?;
         let attention_bias = f.bool_or("attention_bias", true)?;
         let sample_size = sample_size(&mut f, if pixart { 128 } else { 32 })?;
         let patch_size = f.usize_or("patch_size", 2)?;
@@ -588,6 +596,10 @@ impl PatchTransformerConfig {
             }
             (Some(cross), caption, interp)
         } else {
+            require_null(&mut f, &["cross_attention_dim", "caption_channels"])?;
+            f.choice_or("attention_type", "default", &["default"])?;
+            // DiTTransformer2DModel builds its patch embedding with scale 1 whatever this says.
+            f.opt_f64("interpolation_scale")?;
             (None, None, 1.0)
         };
         f.finish()?;

@@ -3,7 +3,7 @@
 //! within `max|a−b|/max|b| ≤ 1e-4`, every `act.*` tap included.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use dmq_model::compare::max_rel_err;
@@ -741,4 +741,46 @@ fn linear_projection_and_head_list_variant_matches() {
         )
         .unwrap();
     check("sd unet (linear projection)", "eps", &eps, &g);
+}
+
+/// The published DiT-XL-2 and PixArt-α transformer configs use the older `Transformer2DModel`
+/// class and keys; they must parse (to the patch models diffusers remaps them to).
+#[test]
+fn transformer2d_model_style_configs_parse() {
+    let dit = r#"{"_class_name": "Transformer2DModel", "_diffusers_version": "0.12.0.dev0",
+        "activation_fn": "gelu-approximate", "attention_bias": true, "attention_head_dim": 72,
+        "cross_attention_dim": null, "dropout": 0.0, "in_channels": 4,
+        "norm_elementwise_affine": false, "norm_num_groups": 32, "norm_type": "ada_norm_zero",
+        "num_attention_heads": 16, "num_embeds_ada_norm": 1000, "num_layers": 28,
+        "num_vector_embeds": null, "only_cross_attention": false, "out_channels": 8,
+        "patch_size": 2, "sample_size": 32, "upcast_attention": false,
+        "use_linear_projection": false}"#;
+    let cfg = PatchTransformerConfig::dit_from_json_str(Path::new("dit/config.json"), dit).unwrap();
+    assert_eq!(
+        (cfg.inner_dim(), cfg.num_layers, cfg.norm_eps),
+        (1152, 28, 1e-5)
+    );
+    let pixart = r#"{"_class_name": "Transformer2DModel", "activation_fn": "gelu-approximate",
+        "attention_bias": true, "attention_head_dim": 72, "attention_type": "default",
+        "caption_channels": 4096, "cross_attention_dim": 1152, "double_self_attention": false,
+        "dropout": 0.0, "in_channels": 4, "interpolation_scale": null,
+        "norm_elementwise_affine": false, "norm_eps": 1e-06, "norm_num_groups": 32,
+        "norm_type": "ada_norm_single", "num_attention_heads": 16, "num_embeds_ada_norm": 1000,
+        "num_layers": 28, "num_vector_embeds": null, "only_cross_attention": false,
+        "out_channels": 8, "patch_size": 2, "sample_size": 64, "upcast_attention": false,
+        "use_additional_conditions": null, "use_linear_projection": false}"#;
+    let cfg = PatchTransformerConfig::pixart_from_json_str(Path::new("pixart/config.json"), pixart)
+        .unwrap();
+    assert_eq!(
+        (cfg.caption_channels, cfg.interpolation_scale),
+        (Some(4096), 1.0)
+    );
+    // At sample_size 128 diffusers turns resolution/aspect-ratio conditioning on by default.
+    let e = PatchTransformerConfig::pixart_from_json_str(
+        Path::new("pixart/config.json"),
+        &pixart.replace("\"sample_size\": 64", "\"sample_size\": 128"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`use_additional_conditions`"), "{e}");
 }
