@@ -784,3 +784,26 @@ fn transformer2d_model_style_configs_parse() {
     .to_string();
     assert!(e.contains("`use_additional_conditions`"), "{e}");
 }
+
+/// The published Stable Diffusion 1.5 UNet config (written by diffusers 0.6, so without the
+/// later keys, which take their defaults: a cross-attention mid block among them).
+#[test]
+fn sd15_style_unet_config_parses() {
+    let sd15 = r#"{"_class_name": "UNet2DConditionModel", "_diffusers_version": "0.6.0",
+        "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
+        "center_input_sample": false, "cross_attention_dim": 768,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                             "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1, "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4,
+        "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05,
+        "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                           "CrossAttnUpBlock2D"]}"#;
+    let cfg = UNet2DConditionConfig::from_json_str(Path::new("unet/config.json"), sd15).unwrap();
+    assert!(cfg.has_mid_block);
+    assert_eq!(cfg.heads, vec![8, 8, 8, 8]);
+    assert_eq!(cfg.time_embed_dim(), 1280);
+    let no_mid = sd15.replace("\"act_fn\"", "\"mid_block_type\": null, \"act_fn\"");
+    let cfg = UNet2DConditionConfig::from_json_str(Path::new("unet/config.json"), &no_mid).unwrap();
+    assert!(!cfg.has_mid_block);
+}
