@@ -244,16 +244,7 @@ impl UNet2DModel {
                 self.config.in_channels
             )));
         }
-        let ts: Vec<f64> = match timesteps {
-            Timesteps::Shared(t) => vec![t; b],
-            Timesteps::PerSample(t) if t.len() == b => t.to_vec(),
-            Timesteps::PerSample(t) => {
-                return Err(ModelError::Source(format!(
-                    "{} timesteps given for a batch of {b}",
-                    t.len()
-                )))
-            }
-        };
+        let ts = timesteps.for_batch(b)?;
         let x = if self.config.center_input_sample {
             x.affine(2.0, -1.0)?
         } else {
