@@ -37,6 +37,8 @@ pub struct Ctx {
     pub differentiable: bool,
     trace: Option<RefCell<Vec<OpRecord>>>,
     capture: Option<Capture>,
+    /// Module outputs by checkpoint path (`act.*` of the goldens), when tapping.
+    taps: Option<RefCell<std::collections::BTreeMap<String, Tensor>>>,
 }
 
 /// Which units' inputs a capturing forward keeps, and where it stops.
@@ -73,6 +75,30 @@ impl Ctx {
             trace: Some(RefCell::new(Vec::new())),
             ..Self::default()
         }
+    }
+
+    /// This context, also keeping the output of every module that reports one through
+    /// [`Ctx::tap`] (convs, linears, attentions, transformer blocks, UNet blocks), by its
+    /// checkpoint path: for localising a divergence from a reference implementation.
+    pub fn with_taps(mut self) -> Self {
+        self.taps = Some(RefCell::new(Default::default()));
+        self
+    }
+
+    /// Keeps `t` as the output of the module at `path` when tapping (a later output of the same
+    /// module replaces it); free otherwise.
+    pub fn tap(&self, path: &str, t: &Tensor) {
+        if let Some(taps) = &self.taps {
+            taps.borrow_mut().insert(path.to_string(), t.clone());
+        }
+    }
+
+    /// The outputs kept since the last call, by module path.
+    pub fn take_taps(&self) -> std::collections::BTreeMap<String, Tensor> {
+        self.taps
+            .as_ref()
+            .map(|t| std::mem::take(&mut *t.borrow_mut()))
+            .unwrap_or_default()
     }
 
     pub fn tracing_on(&self) -> bool {

@@ -275,6 +275,7 @@ impl Conv2d {
                 macs as u64,
             );
         }
+        ctx.tap(&self.path, &y);
         Ok(y)
     }
 }
@@ -292,10 +293,26 @@ pub struct Linear {
 
 impl Linear {
     pub fn load(w: &WeightStore, path: &str, in_f: usize, out_f: usize) -> Result<Self> {
+        Self::load_with_bias(w, path, in_f, out_f, true)
+    }
+
+    /// Like [`Linear::load`]; `bias: false` builds a layer without bias (diffusers'
+    /// `attention_bias=False` q/k/v projections), whose checkpoint then has no `bias` tensor.
+    pub fn load_with_bias(
+        w: &WeightStore,
+        path: &str,
+        in_f: usize,
+        out_f: usize,
+        bias: bool,
+    ) -> Result<Self> {
         Ok(Self {
             path: path.to_string(),
             weight: w.get(&join(path, "weight"), &[out_f, in_f])?,
-            bias: Some(w.get(&join(path, "bias"), &[out_f])?),
+            bias: if bias {
+                Some(w.get(&join(path, "bias"), &[out_f])?)
+            } else {
+                None
+            },
             input_scale: None,
             exec: None,
         })
@@ -361,6 +378,7 @@ impl Linear {
                 macs as u64,
             );
         }
+        ctx.tap(&self.path, &y);
         Ok(y)
     }
 }
@@ -391,6 +409,78 @@ impl GroupNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.inner.forward(x)?)
     }
+}
+
+/// Layer normalisation over the last axis, with or without affine parameters (diffusers'
+/// transformers use both: `norm_elementwise_affine`).
+pub struct LayerNorm {
+    pub path: String,
+    pub weight: Option<Tensor>,
+    pub bias: Option<Tensor>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// `affine: false` reads nothing from the checkpoint.
+    pub fn load(w: &WeightStore, path: &str, dim: usize, eps: f64, affine: bool) -> Result<Self> {
+        let (weight, bias) = if affine {
+            (
+                Some(w.get(&join(path, "weight"), &[dim])?),
+                Some(w.get(&join(path, "bias"), &[dim])?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            path: path.to_string(),
+            weight,
+            bias,
+            eps,
+        })
+    }
+
+    /// candle 0.11's fused `layer_norm` has no backward pass, so calibration contexts (and
+    /// layers without affine parameters) get the composed form; both compute in f32 for
+    /// half-precision inputs.
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if let (false, Some(w), Some(b)) = (ctx.differentiable, &self.weight, &self.bias) {
+            return Ok(candle_nn::ops::layer_norm(
+                &x.contiguous()?,
+                w,
+                b,
+                self.eps as f32,
+            )?);
+        }
+        let dtype = x.dtype();
+        let internal = match dtype {
+            candle_core::DType::F16 | candle_core::DType::BF16 => candle_core::DType::F32,
+            d => d,
+        };
+        let x = x.to_dtype(internal)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let mut y = xc
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .to_dtype(dtype)?;
+        if let Some(w) = &self.weight {
+            y = y.broadcast_mul(w)?;
+        }
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        Ok(y)
+    }
+}
+
+/// GELU with the exact error function (PyTorch's default `approximate="none"`).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    Ok(x.gelu_erf()?)
+}
+
+/// GELU with the tanh approximation (PyTorch's `approximate="tanh"`).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    Ok(x.gelu()?)
 }
 
 /// SiLU, `x * sigmoid(x)`.

@@ -3,19 +3,32 @@
 
 pub mod compare;
 pub mod config;
+pub mod config_latent;
 pub mod ctx;
+pub mod dit;
 pub mod embedded;
 pub mod error;
 pub mod hub;
 pub mod inspect;
 pub mod layers;
+pub mod patch;
+pub mod pixart;
+pub mod pos_embed;
 pub mod source;
+pub mod transformer;
 pub mod unet2d;
+pub mod unet2d_condition;
+pub mod vae;
 pub mod weights;
 
 pub use config::UNet2DConfig;
+pub use config_latent::{AutoencoderKLConfig, PatchTransformerConfig, UNet2DConditionConfig};
 pub use ctx::Ctx;
+pub use dit::DiTTransformer2DModel;
 pub use error::{ModelError, Result};
+pub use pixart::PixArtTransformer2DModel;
 pub use source::{ModelSource, Pipeline};
 pub use unet2d::{Timesteps, UNet2DModel};
+pub use unet2d_condition::UNet2DConditionModel;
+pub use vae::AutoencoderKL;
 pub use weights::WeightStore;

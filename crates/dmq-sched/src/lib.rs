@@ -30,6 +30,7 @@ pub mod correction;
 mod ddim;
 mod ddpm;
 mod error;
+mod guidance;
 mod noise;
 mod sample;
 mod scheduler;
@@ -44,6 +45,7 @@ pub use correction::{calibrate_variance, corrected_step, OutputCorrection, Varia
 pub use ddim::{Ddim, DdimCoefficients};
 pub use ddpm::{Ddpm, DdpmCoefficients};
 pub use error::{Result, SchedError};
+pub use guidance::{sample_guided, CfgOrder, Guidance};
 pub use noise::{NoisePurpose, NoiseSource};
 pub use sample::{sample, sample_corrected};
 pub use scheduler::{build, SamplerKind, Scheduler, StepOutput, StepTerms};

@@ -46,7 +46,23 @@ pub struct Downsample {
 }
 
 impl Downsample {
-    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    /// `downsamplers.0.conv` of a block at `path` (3x3, stride 2, `padding`).
+    pub fn load(w: &WeightStore, path: &str, channels: usize, padding: usize) -> Result<Self> {
+        Ok(Self {
+            conv: Conv2d::load(
+                w,
+                &format!("{path}.downsamplers.0.conv"),
+                channels,
+                channels,
+                3,
+                2,
+                padding,
+            )?,
+            pad_right_bottom: padding == 0,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         if self.pad_right_bottom {
             let x = x.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
             self.conv.forward(&x, ctx)
@@ -62,7 +78,22 @@ pub struct Upsample {
 }
 
 impl Upsample {
-    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    /// `upsamplers.0.conv` of a block at `path`.
+    pub fn load(w: &WeightStore, path: &str, channels: usize) -> Result<Self> {
+        Ok(Self {
+            conv: Conv2d::load(
+                w,
+                &format!("{path}.upsamplers.0.conv"),
+                channels,
+                channels,
+                3,
+                1,
+                1,
+            )?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         self.conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?, ctx)
     }
@@ -120,18 +151,7 @@ impl DownBlock {
             }
         }
         let downsampler = if add_downsample {
-            Some(Downsample {
-                conv: Conv2d::load(
-                    w,
-                    &format!("{path}.downsamplers.0.conv"),
-                    out_c,
-                    out_c,
-                    3,
-                    2,
-                    downsample_padding,
-                )?,
-                pad_right_bottom: downsample_padding == 0,
-            })
+            Some(Downsample::load(w, path, out_c, downsample_padding)?)
         } else {
             None
         };
@@ -154,7 +174,7 @@ impl DownBlock {
     pub fn forward(
         &self,
         x: &Tensor,
-        temb_act: &Tensor,
+        temb_act: Option<&Tensor>,
         ctx: &Ctx,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut h = x.clone();
@@ -216,7 +236,7 @@ impl MidBlock {
         rest[0].layers_mut(out);
     }
 
-    pub fn forward(&self, x: &Tensor, temb_act: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, temb_act: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
         let mut h = self.resnets[0].forward(x, temb_act, ctx)?;
         if let Some(attn) = &self.attention {
             h = attn.forward(&h, ctx)?;
@@ -260,17 +280,7 @@ impl UpBlock {
             }
         }
         let upsampler = if add_upsample {
-            Some(Upsample {
-                conv: Conv2d::load(
-                    w,
-                    &format!("{path}.upsamplers.0.conv"),
-                    out_c,
-                    out_c,
-                    3,
-                    1,
-                    1,
-                )?,
-            })
+            Some(Upsample::load(w, path, out_c)?)
         } else {
             None
         };
@@ -294,7 +304,7 @@ impl UpBlock {
         &self,
         x: &Tensor,
         skips: &mut Vec<Tensor>,
-        temb_act: &Tensor,
+        temb_act: Option<&Tensor>,
         ctx: &Ctx,
     ) -> Result<Tensor> {
         let mut h = x.clone();

@@ -24,6 +24,20 @@ pub enum Timesteps<'a> {
     PerSample(&'a [f64]),
 }
 
+impl Timesteps<'_> {
+    /// One timestep per sample of a batch of `b`.
+    pub fn for_batch(&self, b: usize) -> Result<Vec<f64>> {
+        match self {
+            Timesteps::Shared(t) => Ok(vec![*t; b]),
+            Timesteps::PerSample(t) if t.len() == b => Ok(t.to_vec()),
+            Timesteps::PerSample(t) => Err(ModelError::Source(format!(
+                "{} timesteps given for a batch of {b}",
+                t.len()
+            ))),
+        }
+    }
+}
+
 pub struct UNet2DModel {
     pub config: UNet2DConfig,
     pub conv_in: Conv2d,
@@ -66,7 +80,7 @@ impl UNet2DModel {
         let block_res = ResnetSpec {
             groups: cfg.norm_num_groups,
             eps: cfg.norm_eps,
-            temb_channels: temb,
+            temb_channels: Some(temb),
             time_scale_shift: cfg.resnet_time_scale_shift,
             output_scale_factor: 1.0,
         };
@@ -230,16 +244,7 @@ impl UNet2DModel {
                 self.config.in_channels
             )));
         }
-        let ts: Vec<f64> = match timesteps {
-            Timesteps::Shared(t) => vec![t; b],
-            Timesteps::PerSample(t) if t.len() == b => t.to_vec(),
-            Timesteps::PerSample(t) => {
-                return Err(ModelError::Source(format!(
-                    "{} timesteps given for a batch of {b}",
-                    t.len()
-                )))
-            }
-        };
+        let ts = timesteps.for_batch(b)?;
         let x = if self.config.center_input_sample {
             x.affine(2.0, -1.0)?
         } else {
@@ -276,7 +281,7 @@ impl UNet2DModel {
         }
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
-            let (out, states) = block.forward(&h, &temb_act, ctx)?;
+            let (out, states) = block.forward(&h, Some(&temb_act), ctx)?;
             h = out;
             skips.extend(states);
             if let Some(t) = taps.as_deref_mut() {
@@ -284,13 +289,13 @@ impl UNet2DModel {
             }
         }
         if let Some(mid) = &self.mid_block {
-            h = mid.forward(&h, &temb_act, ctx)?;
+            h = mid.forward(&h, Some(&temb_act), ctx)?;
             if let Some(t) = taps.as_deref_mut() {
                 t.mid_block = Some(h.clone());
             }
         }
         for block in &self.up_blocks {
-            h = block.forward(&h, &mut skips, &temb_act, ctx)?;
+            h = block.forward(&h, &mut skips, Some(&temb_act), ctx)?;
             if let Some(t) = taps.as_deref_mut() {
                 t.up_blocks.push(h.clone());
             }

@@ -43,11 +43,11 @@ impl UnitRef<'_> {
     fn describe(&self) -> Unit {
         match self {
             UnitRef::Resnet(r) => {
-                let mut layers = vec![
-                    r.conv1.path.clone(),
-                    r.time_emb_proj.path.clone(),
-                    r.conv2.path.clone(),
-                ];
+                let mut layers = vec![r.conv1.path.clone()];
+                if let Some(t) = &r.time_emb_proj {
+                    layers.push(t.path.clone());
+                }
+                layers.push(r.conv2.path.clone());
                 if let Some(s) = &r.conv_shortcut {
                     layers.push(s.path.clone());
                 }
@@ -137,7 +137,7 @@ impl UNet2DModel {
             .find(|u| u.describe().path == unit)
             .ok_or_else(|| ModelError::Source(format!("the model has no unit `{unit}`")))?;
         let want = match found {
-            UnitRef::Resnet(_) => 2,
+            UnitRef::Resnet(r) if r.time_emb_proj.is_some() => 2,
             _ => 1,
         };
         if inputs.len() != want {
@@ -147,7 +147,7 @@ impl UNet2DModel {
             )));
         }
         match found {
-            UnitRef::Resnet(r) => r.forward(&inputs[0], &inputs[1], ctx),
+            UnitRef::Resnet(r) => r.forward(&inputs[0], inputs.get(1), ctx),
             UnitRef::Attention(a) => a.forward(&inputs[0], ctx),
             UnitRef::Conv(c) => c.forward(&inputs[0], ctx),
             UnitRef::Linear(l) => l.forward(&inputs[0], ctx),
