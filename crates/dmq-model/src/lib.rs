@@ -4,6 +4,7 @@
 pub mod compare;
 pub mod config;
 pub mod config_latent;
+pub mod conv_grad;
 pub mod ctx;
 pub mod dit;
 pub mod embedded;
