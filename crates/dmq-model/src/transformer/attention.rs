@@ -78,33 +78,50 @@ impl Attention {
         let q = split(self.to_q.forward(x, ctx)?, n)?;
         let k = split(self.to_k.forward(kv_src, ctx)?, s)?;
         let v = split(self.to_v.forward(kv_src, ctx)?, s)?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-        if let Some(bias) = bias {
-            scores = scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?;
-        }
-        let probs = softmax_last(&scores, ctx)?;
-        let attn = probs.matmul(&v)?;
-        if ctx.tracing_on() {
-            let macs = (b * self.heads * n * s * head_dim) as u64;
-            let scores_path = format!("{}.attn_scores", self.path);
-            let values_path = format!("{}.attn_values", self.path);
-            ctx.record(
-                (&scores_path, OpKind::ActMatmul, &[]),
-                q.dims(),
-                scores.dims(),
-                macs,
-            );
-            ctx.record(
-                (&values_path, OpKind::ActMatmul, &[]),
-                probs.dims(),
-                attn.dims(),
-                macs,
-            );
-        }
+        let attn = scaled_dot_product(&self.path, &q, &k, &v, bias, ctx)?;
         let attn = attn.transpose(1, 2)?.reshape((b, n, inner))?;
         let out = self.to_out.forward(&attn, ctx)?;
         ctx.tap(&self.path, &out);
         Ok(out)
     }
+}
+
+/// `softmax(q·kᵀ/√d + bias)·v` over heads (`q` [B, H, N, d], `k`/`v` [B, H, S, d]), recording
+/// both activation matmuls as `{path}.attn_scores` / `{path}.attn_values` when tracing. Shared by
+/// the spatial self-attention of `UNet2DModel` and the transformers' attention.
+pub(crate) fn scaled_dot_product(
+    path: &str,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    ctx: &Ctx,
+) -> Result<Tensor> {
+    let (b, heads, n, head_dim) = q.dims4()?;
+    let s = k.dims()[2];
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let mut scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+    if let Some(bias) = bias {
+        scores = scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?;
+    }
+    let probs = softmax_last(&scores, ctx)?;
+    let attn = probs.matmul(v)?;
+    if ctx.tracing_on() {
+        let macs = (b * heads * n * s * head_dim) as u64;
+        let scores_path = format!("{path}.attn_scores");
+        let values_path = format!("{path}.attn_values");
+        ctx.record(
+            (&scores_path, OpKind::ActMatmul, &[]),
+            q.dims(),
+            scores.dims(),
+            macs,
+        );
+        ctx.record(
+            (&values_path, OpKind::ActMatmul, &[]),
+            probs.dims(),
+            attn.dims(),
+            macs,
+        );
+    }
+    Ok(attn)
 }

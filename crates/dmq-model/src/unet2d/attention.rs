@@ -3,9 +3,10 @@
 
 use candle_core::Tensor;
 
-use crate::ctx::{Ctx, OpKind};
+use crate::ctx::Ctx;
 use crate::error::Result;
-use crate::layers::{softmax_last, GroupNorm, LayerMut, Linear};
+use crate::layers::{GroupNorm, LayerMut, Linear};
+use crate::transformer::attention::scaled_dot_product;
 use crate::weights::WeightStore;
 
 pub struct SpatialAttention {
@@ -73,27 +74,7 @@ impl SpatialAttention {
         let q = split(self.to_q.forward(&tokens, ctx)?)?;
         let k = split(self.to_k.forward(&tokens, ctx)?)?;
         let v = split(self.to_v.forward(&tokens, ctx)?)?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-        let probs = softmax_last(&scores, ctx)?;
-        let attn = probs.matmul(&v)?;
-        if ctx.tracing_on() {
-            let macs = (b * self.heads * n * n * head_dim) as u64;
-            let scores_path = format!("{}.attn_scores", self.path);
-            let values_path = format!("{}.attn_values", self.path);
-            ctx.record(
-                (&scores_path, OpKind::ActMatmul, &[]),
-                q.dims(),
-                scores.dims(),
-                macs,
-            );
-            ctx.record(
-                (&values_path, OpKind::ActMatmul, &[]),
-                probs.dims(),
-                attn.dims(),
-                macs,
-            );
-        }
+        let attn = scaled_dot_product(&self.path, &q, &k, &v, None, ctx)?;
         let attn = attn.transpose(1, 2)?.reshape((b, n, c))?;
         let out = self.to_out.forward(&attn, ctx)?;
         let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;
