@@ -7,10 +7,15 @@
 //! absent. The two classes share every default except their own keys (`variance_type` is
 //! DDPM-only, `set_alpha_to_one` DDIM-only), so one parse with the union of the keys reproduces
 //! both.
+//!
+//! `DPMSolverMultistepScheduler` keys (`algorithm_type`, `solver_order`, ...) are read into
+//! [`DpmSolverConfig`]; values dmq does not implement are errors naming the field. Two of its
+//! defaults differ from DDIM/DDPM's: `timestep_spacing` is `linspace` when the key is absent, and
+//! `clip_sample` does not exist (DPM-Solver++ never clips).
 
 use std::path::Path;
 
-use dmq_config::JsonFields;
+use dmq_config::{ConfigError, JsonFields};
 use serde_json::Value;
 
 use crate::error::{Result, SchedError};
@@ -87,6 +92,40 @@ pub struct ScheduleConfig {
     pub sample_max_value: f64,
     /// Rescale the betas so that the last ᾱ is exactly 0 (Lin et al. 2023, Algorithm 1).
     pub rescale_betas_zero_snr: bool,
+    /// The `DPMSolverMultistepScheduler` settings (used by DPM-Solver++ only).
+    pub dpm_solver: DpmSolverConfig,
+}
+
+/// The keys of diffusers' `DPMSolverMultistepScheduler` that dmq reads. Only the configuration
+/// Stable Diffusion and PixArt pipelines use is implemented: `algorithm_type = "dpmsolver++"`,
+/// `solver_type = "midpoint"`, `final_sigmas_type = "zero"`, no Karras/exponential/beta/Lu/flow
+/// sigmas, no dynamic shifting, `lambda_min_clipped = -inf`, `variance_type = null`; any other
+/// value of those keys is refused when the file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DpmSolverConfig {
+    /// `timestep_spacing` as `DPMSolverMultistepScheduler` reads it: the file's value, else
+    /// `linspace` (its default, where DDIM and DDPM default to `leading`).
+    pub timestep_spacing: TimestepSpacing,
+    /// 1 or 2 (diffusers' default 2; 3 is not implemented).
+    pub solver_order: usize,
+    /// Kept for the record. With `final_sigmas_type = "zero"` the last step is first order
+    /// whatever this says, and with `solver_order` ≤ 2 the second-to-last step is second order
+    /// either way, so it changes nothing.
+    pub lower_order_final: bool,
+    /// Kept for the record; it changes nothing for the same reason as `lower_order_final`.
+    pub euler_at_final: bool,
+}
+
+impl Default for DpmSolverConfig {
+    /// diffusers' defaults for `DPMSolverMultistepScheduler`.
+    fn default() -> Self {
+        Self {
+            timestep_spacing: TimestepSpacing::Linspace,
+            solver_order: 2,
+            lower_order_final: true,
+            euler_at_final: false,
+        }
+    }
 }
 
 impl Default for ScheduleConfig {
@@ -108,6 +147,7 @@ impl Default for ScheduleConfig {
             dynamic_thresholding_ratio: 0.995,
             sample_max_value: 1.0,
             rescale_betas_zero_snr: false,
+            dpm_solver: DpmSolverConfig::default(),
         }
     }
 }
@@ -115,12 +155,25 @@ impl Default for ScheduleConfig {
 impl ScheduleConfig {
     /// Reads and validates a diffusers `scheduler_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        Self::from_fields(JsonFields::read(path)?)
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json_str(path, &text)
     }
 
     /// Parses `text` as if it were the file `path_for_errors`.
+    ///
+    /// Python's JSON writer puts the bare constants `-Infinity`, `Infinity` and `NaN` into the
+    /// files diffusers saves (`"lambda_min_clipped": -Infinity` in every
+    /// `DPMSolverMultistepScheduler` config); they are read as the strings `"-Infinity"`, ... so
+    /// that the one field that may hold one accepts it and any other field names itself in its
+    /// error.
     pub fn from_json_str(path_for_errors: &Path, text: &str) -> Result<Self> {
-        Self::from_fields(JsonFields::parse(path_for_errors, text)?)
+        Self::from_fields(JsonFields::parse(
+            path_for_errors,
+            &quote_python_constants(text),
+        )?)
     }
 
     fn from_fields(mut f: JsonFields) -> Result<Self> {
@@ -213,6 +266,7 @@ impl ScheduleConfig {
             "fixed_small_log" => VarianceType::FixedSmallLog,
             _ => VarianceType::FixedLarge,
         };
+        let spacing_given = f.opt_string("timestep_spacing")?.is_some();
         let timestep_spacing = match f
             .choice_or(
                 "timestep_spacing",
@@ -225,6 +279,14 @@ impl ScheduleConfig {
             "trailing" => TimestepSpacing::Trailing,
             _ => TimestepSpacing::Linspace,
         };
+        let dpm_solver = DpmSolverConfig::from_fields(
+            &mut f,
+            if spacing_given {
+                timestep_spacing
+            } else {
+                TimestepSpacing::Linspace
+            },
+        )?;
         let steps_offset = f.usize_or("steps_offset", d.steps_offset)?;
         let set_alpha_to_one = f.bool_or("set_alpha_to_one", d.set_alpha_to_one)?;
         if f.bool_or("thresholding", false)? {
@@ -257,6 +319,7 @@ impl ScheduleConfig {
             dynamic_thresholding_ratio,
             sample_max_value,
             rescale_betas_zero_snr,
+            dpm_solver,
         };
         // Every beta of the schedule (before any zero-SNR rescaling) must lie in (0, 1): a zero
         // beta makes 1 − ᾱ vanish (division by zero in every step formula), a beta ≥ 1 makes ᾱ
@@ -349,26 +412,7 @@ impl ScheduleConfig {
                     .map(|i| i * ratio + self.steps_offset)
                     .collect()
             }
-            TimestepSpacing::Trailing => {
-                let ts: Vec<i64> = numpy_arange_desc(t_train as f64, t_train as f64 / steps as f64)
-                    .into_iter()
-                    .map(|v| v.round_ties_even() as i64 - 1)
-                    .collect();
-                // diffusers bug: for some n (T = 1000: 61, 103, 121, 122, 201, ...) the float
-                // arange has n + 1 elements, the last one ≈ 1e-13, which becomes timestep −1
-                // (torch then reads alphas_cumprod[−1], the *last* training timestep). That
-                // trajectory is meaningless; refuse it rather than deviate silently.
-                if ts.len() != steps || ts.iter().any(|&t| t < 0) {
-                    return Err(SchedError::Invalid(format!(
-                        "timestep_spacing \"trailing\" with {steps} steps: diffusers computes {} \
-                         timesteps ending in {} (a floating-point artefact of its arange), \
-                         which dmq does not reproduce; choose another step count",
-                        ts.len(),
-                        ts.last().copied().unwrap_or_default()
-                    )));
-                }
-                ts.into_iter().map(|t| t as usize).collect()
-            }
+            TimestepSpacing::Trailing => trailing_timesteps(t_train, steps)?,
             TimestepSpacing::Linspace => numpy_linspace(0.0, (t_train - 1) as f64, steps)
                 .into_iter()
                 .rev()
@@ -384,6 +428,150 @@ impl ScheduleConfig {
         }
         Ok(ts)
     }
+
+    /// The timesteps of `DPMSolverMultistepScheduler.set_timesteps(steps)`, noisiest first. Its
+    /// spacings are not DDIM's: `linspace` takes `n + 1` points of `linspace(0, T − 1)` and drops
+    /// the last (0); `leading` uses the ratio `T div (n + 1)` and drops 0 before adding
+    /// `steps_offset`; `trailing` is DDIM's. The spacing is [`DpmSolverConfig::timestep_spacing`].
+    /// Errors where diffusers would repeat a timestep or leave the training schedule.
+    pub fn dpm_solver_timesteps(&self, steps: usize) -> Result<Vec<usize>> {
+        let t_train = self.num_train_timesteps;
+        if steps == 0 || steps > t_train {
+            return Err(SchedError::Steps {
+                steps,
+                train: t_train,
+            });
+        }
+        let spacing = self.dpm_solver.timestep_spacing;
+        let ts: Vec<usize> = match spacing {
+            TimestepSpacing::Linspace => numpy_linspace(0.0, (t_train - 1) as f64, steps + 1)
+                .into_iter()
+                .skip(1)
+                .rev()
+                .map(|v| v.round_ties_even() as usize)
+                .collect(),
+            TimestepSpacing::Leading => {
+                let ratio = t_train / (steps + 1);
+                (1..=steps)
+                    .rev()
+                    .map(|k| k * ratio + self.steps_offset)
+                    .collect()
+            }
+            TimestepSpacing::Trailing => trailing_timesteps(t_train, steps)?,
+        };
+        if let Some(w) = ts.windows(2).find(|w| w[0] <= w[1]) {
+            return Err(SchedError::Invalid(format!(
+                "DPM-Solver++ with {steps} steps and timestep_spacing {spacing:?}: diffusers \
+                 computes the timesteps {} then {} (not strictly decreasing), which dmq does not \
+                 reproduce; choose fewer steps",
+                w[0], w[1]
+            )));
+        }
+        if let Some(&t) = ts.iter().find(|&&t| t >= t_train) {
+            return Err(SchedError::Invalid(format!(
+                "timestep {t} (steps_offset = {}, {steps} steps) is outside the training schedule \
+                 0..{t_train}",
+                self.steps_offset
+            )));
+        }
+        Ok(ts)
+    }
+}
+
+impl DpmSolverConfig {
+    /// Reads the `DPMSolverMultistepScheduler` keys; `timestep_spacing` is already resolved.
+    fn from_fields(f: &mut JsonFields, timestep_spacing: TimestepSpacing) -> Result<Self> {
+        let d = Self::default();
+        f.choice_or("algorithm_type", "dpmsolver++", &["dpmsolver++"])?;
+        let solver_order = f.usize_or("solver_order", d.solver_order)?;
+        if !(1..=2).contains(&solver_order) {
+            return Err(f
+                .error(
+                    "solver_order",
+                    format!("{solver_order} is not supported by dmq (supported: 1, 2)"),
+                )
+                .into());
+        }
+        f.choice_or("solver_type", "midpoint", &["midpoint"])?;
+        f.choice_or("final_sigmas_type", "zero", &["zero"])?;
+        let lower_order_final = f.bool_or("lower_order_final", d.lower_order_final)?;
+        let euler_at_final = f.bool_or("euler_at_final", d.euler_at_final)?;
+        for key in [
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "use_lu_lambdas",
+            "use_flow_sigmas",
+            "use_dynamic_shifting",
+        ] {
+            if f.bool_or(key, false)? {
+                return Err(f
+                    .error(key, "true is not supported by dmq; set it to false")
+                    .into());
+            }
+        }
+        // Only read with use_flow_sigmas / use_dynamic_shifting, which are refused above.
+        f.f64_or("flow_shift", 1.0)?;
+        f.choice_or("time_shift_type", "exponential", &["exponential"])?;
+        match f.take("lambda_min_clipped") {
+            None => {}
+            Some(Value::String(s)) if s == "-Infinity" => {}
+            Some(v) => {
+                return Err(f
+                    .error(
+                        "lambda_min_clipped",
+                        format!(
+                            "{v} is not supported by dmq: only -Infinity (no clipping of λ) is \
+                             implemented"
+                        ),
+                    )
+                    .into())
+            }
+        }
+        Ok(Self {
+            timestep_spacing,
+            solver_order,
+            lower_order_final,
+            euler_at_final,
+        })
+    }
+}
+
+/// `text` with Python's bare JSON constants `-Infinity`, `Infinity` and `NaN` (outside strings)
+/// turned into the strings `"-Infinity"`, `"Infinity"`, `"NaN"`.
+fn quote_python_constants(text: &str) -> std::borrow::Cow<'_, str> {
+    if !(text.contains("Infinity") || text.contains("NaN")) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(word) = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|w| rest.starts_with(w))
+        {
+            out.push('"');
+            out.push_str(word);
+            out.push('"');
+            rest = &rest[word.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out.into()
 }
 
 /// ᾱ from betas, accumulated in f64.
@@ -396,6 +584,28 @@ pub(crate) fn cumprod_alphas(betas: &[f64]) -> Vec<f64> {
             acc
         })
         .collect()
+}
+
+/// `trailing` spacing, `round(arange(T, 0, −T/n)) − 1`, shared by DDIM, DDPM and DPM-Solver++.
+fn trailing_timesteps(t_train: usize, steps: usize) -> Result<Vec<usize>> {
+    let ts: Vec<i64> = numpy_arange_desc(t_train as f64, t_train as f64 / steps as f64)
+        .into_iter()
+        .map(|v| v.round_ties_even() as i64 - 1)
+        .collect();
+    // diffusers bug: for some n (T = 1000: 61, 103, 121, 122, 201, ...) the float
+    // arange has n + 1 elements, the last one ≈ 1e-13, which becomes timestep −1
+    // (torch then reads alphas_cumprod[−1], the *last* training timestep). That
+    // trajectory is meaningless; refuse it rather than deviate silently.
+    if ts.len() != steps || ts.iter().any(|&t| t < 0) {
+        return Err(SchedError::Invalid(format!(
+            "timestep_spacing \"trailing\" with {steps} steps: diffusers computes {} \
+                 timesteps ending in {} (a floating-point artefact of its arange), \
+                 which dmq does not reproduce; choose another step count",
+            ts.len(),
+            ts.last().copied().unwrap_or_default()
+        )));
+    }
+    Ok(ts.into_iter().map(|t| t as usize).collect())
 }
 
 /// Rescales betas so that the terminal SNR is zero while ᾱ₀ is kept (Lin et al., "Common
@@ -663,11 +873,16 @@ mod tests {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../../shared/models/ddpm-cifar10-small/scheduler/scheduler_config.json");
         let cfg = ScheduleConfig::from_file(&path).unwrap();
-        // a DDPM file: DDIM's own key takes its default
+        // a DDPM file: DDIM's own key takes its default; its explicit "leading" spacing holds
+        // for DPM-Solver++ too
         assert_eq!(
             cfg,
             ScheduleConfig {
                 set_alpha_to_one: true,
+                dpm_solver: DpmSolverConfig {
+                    timestep_spacing: TimestepSpacing::Leading,
+                    ..Default::default()
+                },
                 ..Default::default()
             }
         );
@@ -748,5 +963,139 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/nonexistent/scheduler_config.json"), "{e}");
+    }
+
+    #[test]
+    fn dpm_solver_keys_and_defaults() {
+        // absent timestep_spacing: DDIM/DDPM take leading, DPM-Solver++ linspace (diffusers)
+        let cfg = parse("{}").unwrap();
+        assert_eq!(cfg.timestep_spacing, TimestepSpacing::Leading);
+        assert_eq!(cfg.dpm_solver, DpmSolverConfig::default());
+        assert_eq!(cfg.dpm_solver.timestep_spacing, TimestepSpacing::Linspace);
+        let cfg = parse(r#"{"timestep_spacing": "trailing"}"#).unwrap();
+        assert_eq!(cfg.dpm_solver.timestep_spacing, TimestepSpacing::Trailing);
+        // a full DPMSolverMultistepScheduler file as Python writes it (bare -Infinity)
+        let cfg = parse(
+            r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver++",
+                "beta_end": 0.02, "beta_schedule": "linear", "beta_start": 0.0001,
+                "dynamic_thresholding_ratio": 0.995, "euler_at_final": true,
+                "final_sigmas_type": "zero", "flow_shift": 1.0, "lambda_min_clipped": -Infinity,
+                "lower_order_final": false, "num_train_timesteps": 1000,
+                "prediction_type": "epsilon", "rescale_betas_zero_snr": false,
+                "sample_max_value": 1.0, "solver_order": 1, "solver_type": "midpoint",
+                "steps_offset": 0, "thresholding": false, "time_shift_type": "exponential",
+                "timestep_spacing": "linspace", "trained_betas": null, "use_beta_sigmas": false,
+                "use_dynamic_shifting": false, "use_exponential_sigmas": false,
+                "use_flow_sigmas": false, "use_karras_sigmas": false, "use_lu_lambdas": false,
+                "variance_type": null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.dpm_solver,
+            DpmSolverConfig {
+                timestep_spacing: TimestepSpacing::Linspace,
+                solver_order: 1,
+                lower_order_final: false,
+                euler_at_final: true,
+            }
+        );
+        assert_eq!(cfg.variance_type, VarianceType::FixedSmall);
+    }
+
+    #[test]
+    fn unsupported_dpm_solver_values_name_the_field() {
+        for (json, field) in [
+            (r#"{"algorithm_type": "sde-dpmsolver++"}"#, "algorithm_type"),
+            (r#"{"algorithm_type": "dpmsolver"}"#, "algorithm_type"),
+            (r#"{"solver_order": 3}"#, "solver_order"),
+            (r#"{"solver_order": 0}"#, "solver_order"),
+            (r#"{"solver_type": "heun"}"#, "solver_type"),
+            (r#"{"final_sigmas_type": "sigma_min"}"#, "final_sigmas_type"),
+            (r#"{"use_karras_sigmas": true}"#, "use_karras_sigmas"),
+            (
+                r#"{"use_exponential_sigmas": true}"#,
+                "use_exponential_sigmas",
+            ),
+            (r#"{"use_beta_sigmas": true}"#, "use_beta_sigmas"),
+            (r#"{"use_lu_lambdas": true}"#, "use_lu_lambdas"),
+            (r#"{"use_flow_sigmas": true}"#, "use_flow_sigmas"),
+            (r#"{"use_dynamic_shifting": true}"#, "use_dynamic_shifting"),
+            (r#"{"lambda_min_clipped": -5.1}"#, "lambda_min_clipped"),
+            (r#"{"lambda_min_clipped": Infinity}"#, "lambda_min_clipped"),
+            (r#"{"beta_start": NaN}"#, "beta_start"),
+            (r#"{"beta_end": -Infinity}"#, "beta_end"),
+        ] {
+            let e = err_text(json);
+            assert!(
+                e.contains(&format!("`{field}`")) && e.contains("scheduler_config.json"),
+                "{json}: {e}"
+            );
+        }
+        let e = err_text(r#"{"use_karras_sigmas": true}"#);
+        assert!(e.contains("not supported"), "{e}");
+        let e = err_text(r#"{"solver_order": 3}"#);
+        assert!(e.contains("supported: 1, 2"), "{e}");
+    }
+
+    #[test]
+    fn python_constants_are_quoted_outside_strings_only() {
+        assert_eq!(
+            quote_python_constants(
+                r#"{"a": -Infinity, "b": [NaN, Infinity], "c": "x NaN \" -Infinity"}"#
+            ),
+            r#"{"a": "-Infinity", "b": ["NaN", "Infinity"], "c": "x NaN \" -Infinity"}"#
+        );
+        assert!(matches!(
+            quote_python_constants(r#"{"a": 1}"#),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn dpm_solver_timesteps_by_spacing() {
+        let with = |spacing, offset| ScheduleConfig {
+            steps_offset: offset,
+            dpm_solver: DpmSolverConfig {
+                timestep_spacing: spacing,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        // linspace: round(linspace(0, 999, n + 1)) reversed, 0 dropped
+        let cfg = with(TimestepSpacing::Linspace, 0);
+        assert_eq!(
+            cfg.dpm_solver_timesteps(10).unwrap(),
+            vec![999, 899, 799, 699, 599, 500, 400, 300, 200, 100]
+        );
+        assert_eq!(cfg.dpm_solver_timesteps(1).unwrap(), vec![999]);
+        assert_eq!(cfg.dpm_solver_timesteps(999).unwrap()[998], 1);
+        // leading: ratio 1000 div (n + 1), 0 dropped, then the offset
+        let cfg = with(TimestepSpacing::Leading, 1);
+        assert_eq!(
+            cfg.dpm_solver_timesteps(10).unwrap(),
+            vec![901, 811, 721, 631, 541, 451, 361, 271, 181, 91]
+        );
+        // trailing: DDIM's
+        let cfg = with(TimestepSpacing::Trailing, 1);
+        assert_eq!(
+            cfg.dpm_solver_timesteps(10).unwrap(),
+            with_spacing(TimestepSpacing::Trailing)
+                .inference_timesteps(10)
+                .unwrap()
+        );
+        assert!(cfg.dpm_solver_timesteps(61).is_err());
+        // diffusers repeats timesteps here (ratio 1000 div 1001 = 0, linspace steps < 1)
+        let e = with(TimestepSpacing::Leading, 0)
+            .dpm_solver_timesteps(1000)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not strictly decreasing"), "{e}");
+        assert!(with(TimestepSpacing::Linspace, 0)
+            .dpm_solver_timesteps(1000)
+            .is_err());
+        assert!(matches!(
+            cfg.dpm_solver_timesteps(0),
+            Err(SchedError::Steps { steps: 0, .. })
+        ));
     }
 }

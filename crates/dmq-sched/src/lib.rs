@@ -1,6 +1,7 @@
-//! Diffusion samplers for dmq: diffusers-exact DDPM and DDIM schedulers read from
-//! `scheduler_config.json`, seeded batch-independent noise, and the sampling loop, with a hook
-//! for correcting the model output and calibrating the sampler's variance ([`correction`]).
+//! Diffusion samplers for dmq: diffusers-exact DDPM, DDIM and DPM-Solver++ (multistep)
+//! schedulers read from `scheduler_config.json`, seeded batch-independent noise, and the
+//! sampling loop, with a hook for correcting the model output and calibrating the sampler's
+//! variance ([`correction`]).
 //!
 //! The training schedule (betas, ᾱ) is computed in f64; per-step tensor arithmetic runs in the
 //! sample's dtype with f64 scalar coefficients.
@@ -29,6 +30,7 @@ mod config;
 pub mod correction;
 mod ddim;
 mod ddpm;
+mod dpm;
 mod error;
 mod guidance;
 mod noise;
@@ -38,12 +40,13 @@ mod scheduler;
 mod test_util;
 
 pub use config::{
-    rescale_zero_terminal_snr, BetaSchedule, PredictionType, ScheduleConfig, TimestepSpacing,
-    VarianceType,
+    rescale_zero_terminal_snr, BetaSchedule, DpmSolverConfig, PredictionType, ScheduleConfig,
+    TimestepSpacing, VarianceType,
 };
 pub use correction::{calibrate_variance, corrected_step, OutputCorrection, VarianceCalibration};
 pub use ddim::{Ddim, DdimCoefficients};
 pub use ddpm::{Ddpm, DdpmCoefficients};
+pub use dpm::{DpmSolverCoefficients, DpmSolverPp};
 pub use error::{Result, SchedError};
 pub use guidance::{sample_guided, CfgOrder, Guidance};
 pub use noise::{NoisePurpose, NoiseSource};

@@ -1,10 +1,12 @@
-//! The scheduler interface shared by DDIM and DDPM, and the prediction-type conversions.
+//! The scheduler interface shared by DDIM, DDPM and DPM-Solver++, and the prediction-type
+//! conversions.
 
 use candle_core::Tensor;
 
 use crate::config::{PredictionType, ScheduleConfig};
 use crate::ddim::Ddim;
 use crate::ddpm::Ddpm;
+use crate::dpm::DpmSolverPp;
 use crate::error::{Result, SchedError};
 
 /// The result of one denoising step.
@@ -37,8 +39,13 @@ pub struct StepTerms {
 ///
 /// Steps are addressed by their index `0..timesteps().len()` (0 is the noisiest), not by the
 /// timestep value: quantization keeps per-step parameters keyed by this index.
+///
+/// DDIM and DDPM steps are independent of each other. A multistep solver (DPM-Solver++)
+/// remembers the previous step's prediction: its steps must run in order from index 0, each on
+/// the sample the step before returned, one trajectory at a time per scheduler (it returns an
+/// error otherwise). [`crate::sample`] and [`crate::sample_guided`] do exactly that.
 pub trait Scheduler: Send + Sync {
-    /// "DDIM" or "DDPM", for messages.
+    /// "DDIM", "DDPM" or "DPM-Solver++", for messages.
     fn name(&self) -> &'static str;
 
     /// The timesteps the denoiser is called at, from noisiest to cleanest.
@@ -114,6 +121,30 @@ pub enum SamplerKind {
     Ddim { eta: f64 },
     /// DDPM ancestral sampling with the config's `variance_type`.
     Ddpm,
+    /// DPM-Solver++ multistep (deterministic), with the config's `DPMSolverMultistepScheduler`
+    /// settings ([`crate::DpmSolverConfig`]: order 2, midpoint, final σ = 0 by default).
+    DpmSolverPp,
+}
+
+impl SamplerKind {
+    /// The name used on the command line and in protocol records: `ddim`, `ddpm`,
+    /// `dpm-solver++`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SamplerKind::Ddim { .. } => "ddim",
+            SamplerKind::Ddpm => "ddpm",
+            SamplerKind::DpmSolverPp => "dpm-solver++",
+        }
+    }
+
+    /// The timestep spacing this sampler uses with `cfg` (DPM-Solver++ defaults to `linspace`
+    /// when the file has no `timestep_spacing`, DDIM and DDPM to `leading`).
+    pub fn timestep_spacing(&self, cfg: &ScheduleConfig) -> crate::config::TimestepSpacing {
+        match self {
+            SamplerKind::DpmSolverPp => cfg.dpm_solver.timestep_spacing,
+            _ => cfg.timestep_spacing,
+        }
+    }
 }
 
 /// Builds the sampler `kind` for `steps` inference steps.
@@ -121,6 +152,7 @@ pub fn build(kind: SamplerKind, cfg: &ScheduleConfig, steps: usize) -> Result<Bo
     Ok(match kind {
         SamplerKind::Ddim { eta } => Box::new(Ddim::new(cfg, steps, eta)?),
         SamplerKind::Ddpm => Box::new(Ddpm::new(cfg, steps)?),
+        SamplerKind::DpmSolverPp => Box::new(DpmSolverPp::new(cfg, steps)?),
     })
 }
 

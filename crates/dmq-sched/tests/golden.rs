@@ -153,7 +153,7 @@ fn sampling_loop_replays_both_trajectories() {
         assert!(e < 1e-4, "{file}: x_0 relative error {e:e}");
         let expected_noise: Vec<usize> = match kind {
             SamplerKind::Ddpm => (0..19).collect(),
-            SamplerKind::Ddim { .. } => vec![],
+            SamplerKind::Ddim { .. } | SamplerKind::DpmSolverPp => vec![],
         };
         assert_eq!(noise_steps, expected_noise, "{file}");
     }

@@ -1,4 +1,4 @@
-//! `dmq sample`: images from a model with DDIM or DDPM, seeded per image so that the same
+//! `dmq sample`: images from a model with DDIM, DDPM or DPM-Solver++, seeded per image so that the same
 //! `--seed` gives the same images whatever the batch size, and an interrupted run resumes.
 
 use std::path::{Path, PathBuf};
@@ -23,6 +23,23 @@ pub enum Sampler {
     Ddim,
     /// Ancestral sampling with the scheduler config's variance type.
     Ddpm,
+    /// DPM-Solver++ multistep, deterministic (--eta must be 0): diffusers'
+    /// DPMSolverMultistepScheduler with its defaults (algorithm dpmsolver++, solver_order 2,
+    /// midpoint, first-order first and last steps, final sigma 0); timestep_spacing from
+    /// scheduler_config.json (linspace when absent); epsilon, sample or v_prediction models.
+    #[value(name = "dpm-solver++", alias = "dpmsolver++")]
+    DpmSolverPp,
+}
+
+impl Sampler {
+    /// The name on the command line and in samples.json: ddim, ddpm, dpm-solver++.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampler::Ddim => "ddim",
+            Sampler::Ddpm => "ddpm",
+            Sampler::DpmSolverPp => "dpm-solver++",
+        }
+    }
 }
 
 /// The sampling protocol: what, besides the model, determines the images.
@@ -34,7 +51,7 @@ pub struct ProtocolArgs {
     /// Number of denoising steps.
     #[arg(long, default_value_t = 100)]
     pub steps: usize,
-    /// DDIM noise weight (0 = deterministic); ignored by DDPM.
+    /// DDIM noise weight (0 = deterministic); ignored by DDPM; DPM-Solver++ accepts only 0.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
     /// Seed of all noise; image i always gets the same noise for a given seed (also in the
@@ -81,7 +98,7 @@ pub fn protocol(
 ) -> serde_json::Value {
     let mut v = json!({
         "model": model_name,
-        "sampler": format!("{:?}", p.sampler).to_lowercase(),
+        "sampler": p.sampler.name(),
         "steps": timesteps.len(),
         "eta": if p.sampler == Sampler::Ddim { p.eta } else { 0.0 },
         "seed": p.seed,
@@ -121,6 +138,15 @@ pub fn sampler_kind(p: &ProtocolArgs) -> Result<SamplerKind> {
             SamplerKind::Ddim { eta }
         }
         Sampler::Ddpm => SamplerKind::Ddpm,
+        Sampler::DpmSolverPp => {
+            if p.eta != 0.0 {
+                bail!(
+                    "--eta {}: DPM-Solver++ is deterministic; --eta applies to DDIM only",
+                    p.eta
+                );
+            }
+            SamplerKind::DpmSolverPp
+        }
     })
 }
 
@@ -173,7 +199,7 @@ fn check_artifact_protocol(
             want.len(),
             cal["sampler"].as_str().unwrap_or("?"),
             &want[..want.len().min(3)],
-            format!("{:?}", p.sampler).to_lowercase(),
+            p.sampler.name(),
             p.steps,
             p.steps
         );

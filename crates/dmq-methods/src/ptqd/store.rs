@@ -41,7 +41,7 @@ pub const SECTION_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Protocol {
-    /// `ddim` or `ddpm`.
+    /// `ddim`, `ddpm` or `dpm-solver++`.
     pub sampler: String,
     pub steps: usize,
     /// DDIM's eta (0 for DDPM).
@@ -58,15 +58,15 @@ pub struct Protocol {
 impl Protocol {
     /// The protocol of `sched`, built as `kind` from `cfg`.
     pub fn of(kind: SamplerKind, cfg: &ScheduleConfig, sched: &dyn Scheduler) -> Self {
-        let (sampler, eta) = match kind {
-            SamplerKind::Ddim { eta } => ("ddim", eta),
-            SamplerKind::Ddpm => ("ddpm", 0.0),
+        let eta = match kind {
+            SamplerKind::Ddim { eta } => eta,
+            SamplerKind::Ddpm | SamplerKind::DpmSolverPp => 0.0,
         };
         Self {
-            sampler: sampler.into(),
+            sampler: kind.name().into(),
             steps: sched.timesteps().len(),
             eta,
-            timestep_spacing: format!("{:?}", cfg.timestep_spacing).to_lowercase(),
+            timestep_spacing: format!("{:?}", kind.timestep_spacing(cfg)).to_lowercase(),
             guidance: None,
             timesteps: sched.timesteps().to_vec(),
         }
