@@ -25,6 +25,9 @@ enum Command {
     FidStats(commands::fid::FidStatsArgs),
     /// FID (and sFID) between two image sets or statistics files.
     Fid(commands::fid::FidArgs),
+    /// Compare image sets sampled from the same seeds: PSNR/SSIM and colour, contrast and detail
+    /// shifts against a reference set.
+    Compare(commands::compare::CompareArgs),
     /// Quantize a model with a recipe; writes a quantized model folder and a per-layer report.
     Quantize(commands::quantize::QuantizeArgs),
     /// Qua²SeDiMo: per-layer quantization sensitivity from labelled random mixed-precision
@@ -56,6 +59,7 @@ fn main() {
         Command::Eval(a) => commands::eval::run(a),
         Command::FidStats(a) => commands::fid::run_stats(a),
         Command::Fid(a) => commands::fid::run_fid(a),
+        Command::Compare(a) => commands::compare::run(a),
         Command::GpuCheck(a) => commands::gpu_check::run(a),
     };
     if let Err(e) = result {

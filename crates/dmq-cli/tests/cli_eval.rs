@@ -143,9 +143,85 @@ fn eval_against_itself_is_a_perfect_match() {
         assert_eq!(s["mse"], 0.0);
         assert!((s["cosine"].as_f64().unwrap() - 1.0).abs() < 1e-12);
     }
+    for s in steps {
+        let bias = s["channel_bias"].as_array().unwrap();
+        assert_eq!(bias.len(), 3, "{s}");
+        assert!(bias.iter().all(|b| b.as_f64() == Some(0.0)), "{s}");
+    }
+    let looks = &v["against"]["appearance"];
+    assert_eq!(
+        looks["mean_shift_rgb"],
+        serde_json::json!([0.0, 0.0, 0.0]),
+        "{looks}"
+    );
+    assert_eq!(looks["detail_ratio"], 1.0);
     assert!(v["fid"]["fid"].as_f64().unwrap().is_finite());
     assert_eq!(v["fid"]["fid"], v["fid"]["against_fid"]);
     assert_eq!(v["protocol"]["steps"], 3);
     let png = image::open(out.join("side-by-side.png")).unwrap();
     assert!(png.width() >= 256);
+}
+
+/// `dmq compare`: a copy of a set with its green channel lowered shows as a green colour shift,
+/// the same set as a perfect match; a set with fewer images is refused, naming it.
+#[test]
+fn compare_reports_a_colour_cast_and_refuses_unpaired_sets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let set = tmp.path().join("ref");
+    small_set(&set);
+    let cast = tmp.path().join("cast");
+    std::fs::create_dir_all(&cast).unwrap();
+    let few = tmp.path().join("few");
+    std::fs::create_dir_all(&few).unwrap();
+    for i in 0..6 {
+        let mut img = image::open(set.join(format!("{i:02}.png")))
+            .unwrap()
+            .to_rgb8();
+        if i < 2 {
+            img.save(few.join(format!("{i:02}.png"))).unwrap();
+        }
+        for p in img.pixels_mut() {
+            p.0[1] = p.0[1].saturating_sub(20);
+        }
+        img.save(cast.join(format!("{i:02}.png"))).unwrap();
+    }
+    let out = tmp.path().join("compare.json");
+    let args = |tests: &[&Path]| {
+        let mut a = vec![
+            "compare".to_string(),
+            "--reference".into(),
+            set.display().to_string(),
+        ];
+        for t in tests {
+            a.push("--test".into());
+            a.push(t.display().to_string());
+        }
+        a.push("--out".into());
+        a.push(out.display().to_string());
+        a
+    };
+    let run = |a: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_dmq"))
+            .args(a)
+            .env("DMQ_CACHE_DIR", &cache)
+            .output()
+            .unwrap()
+    };
+    ok(&run(args(&[&set, &cast])));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let sets = v["sets"].as_array().unwrap();
+    assert_eq!(sets[0]["identical_images"], 6, "{v}");
+    let shift = sets[1]["appearance"]["mean_shift_rgb"].as_array().unwrap();
+    assert_eq!(shift[0].as_f64(), Some(0.0));
+    let g = shift[1].as_f64().unwrap();
+    assert!(g < -10.0 / 255.0 && g >= -20.0 / 255.0, "{v}");
+    assert!(sets[1]["psnr_mean_db"].as_f64().unwrap() < 40.0);
+    let o = run(args(&[&few]));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("few") && err.contains("6 reference images but 2"),
+        "{err}"
+    );
 }

@@ -186,6 +186,8 @@ pub fn compare_sets(reference: &[RgbImage], test: &[RgbImage]) -> Result<PairRep
 pub struct StepErrors {
     /// Per step: (sum of squared errors, element count, sum of per-sample cosines, sample count).
     acc: Vec<(f64, u64, f64, u64)>,
+    /// Per step: sum of `test − reference` per channel (axis 1), for the mean error per channel.
+    channel_sum: Vec<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -194,6 +196,9 @@ pub struct StepErrorRow {
     pub mse: f64,
     pub cosine: f64,
     pub samples: u64,
+    /// Mean of `test − reference` per channel (axis 1): a systematic offset that a deterministic
+    /// sampler integrates over the steps into a colour cast, while adding little to `mse`.
+    pub channel_bias: Vec<f64>,
 }
 
 impl StepErrors {
@@ -230,6 +235,24 @@ impl StepErrors {
                 }
             })
             .sum();
+        if self.channel_sum.len() <= step {
+            self.channel_sum.resize(step + 1, Vec::new());
+        }
+        if reference.rank() >= 2 {
+            let c = reference.dims()[1];
+            let d = (test.to_dtype(DType::F64)? - reference.to_dtype(DType::F64)?)?
+                .reshape((b, c, ()))?
+                .sum(2)?
+                .sum(0)?
+                .to_vec1::<f64>()?;
+            let sums = &mut self.channel_sum[step];
+            if sums.len() != c {
+                *sums = vec![0.0; c];
+            }
+            for (s, v) in sums.iter_mut().zip(d) {
+                *s += v;
+            }
+        }
         let e = &mut self.acc[step];
         e.0 += sse;
         e.1 += r.elem_count() as u64;
@@ -243,11 +266,16 @@ impl StepErrors {
             .iter()
             .enumerate()
             .filter(|(_, e)| e.1 > 0)
-            .map(|(step, e)| StepErrorRow {
-                step,
-                mse: e.0 / e.1 as f64,
-                cosine: e.2 / e.3 as f64,
-                samples: e.3,
+            .map(|(step, e)| {
+                let sums = self.channel_sum.get(step).cloned().unwrap_or_default();
+                let per_channel = e.1 as f64 / sums.len().max(1) as f64;
+                StepErrorRow {
+                    step,
+                    mse: e.0 / e.1 as f64,
+                    cosine: e.2 / e.3 as f64,
+                    samples: e.3,
+                    channel_bias: sums.iter().map(|s| s / per_channel).collect(),
+                }
             })
             .collect()
     }
@@ -319,5 +347,27 @@ mod tests {
         // squared errors 1 + 0 + 1 + 4 = 6 over 4 elements; cosines 1 and 0
         assert!((rows[0].mse - 1.5).abs() < 1e-12);
         assert!((rows[0].cosine - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn step_errors_channel_bias_by_hand() {
+        let d = Device::Cpu;
+        // [B=2, C=2, 2]: test − reference is +1 everywhere in channel 0 of both samples, and
+        // −3, +1 in channel 1 of sample 0, 0, 0 in sample 1 → bias [1, −0.5].
+        let r = Tensor::zeros((2, 2, 2), DType::F32, &d).unwrap();
+        let t = Tensor::new(
+            &[[[1.0f32, 1.0], [-3.0, 1.0]], [[1.0, 1.0], [0.0, 0.0]]],
+            &d,
+        )
+        .unwrap();
+        let mut e = StepErrors::default();
+        e.add(0, &r, &t).unwrap();
+        e.add(0, &r, &t).unwrap();
+        let bias = &e.rows()[0].channel_bias;
+        assert_eq!(bias.len(), 2);
+        assert!(
+            (bias[0] - 1.0).abs() < 1e-12 && (bias[1] + 0.5).abs() < 1e-12,
+            "{bias:?}"
+        );
     }
 }

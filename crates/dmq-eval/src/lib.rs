@@ -1,6 +1,7 @@
 //! Evaluation for dmq: the FID Inception network, FID/sFID statistics and the Fréchet distance,
 //! fidelity to the full-precision model (PSNR, SSIM, noise-prediction error), image sets and output.
 
+pub mod appearance;
 pub mod fid;
 pub mod fidelity;
 pub mod frechet;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use dmq_eval::appearance::AppearanceShift;
 use dmq_eval::fid::{self, SetStats};
 use dmq_eval::fidelity::{compare_sets, StepErrors};
 use dmq_eval::images;
@@ -145,10 +146,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
             correction: None,
         };
         sample_to_folder(&fp_job)?;
-        let pairs = compare_sets(
-            &dmq_eval::imageset::ImageSource::Folder(dir.clone()).load_all()?,
-            &dmq_eval::imageset::ImageSource::Folder(samples_dir.clone()).load_all()?,
-        )?;
+        let fp_images = dmq_eval::imageset::ImageSource::Folder(dir.clone()).load_all()?;
+        let test_images =
+            dmq_eval::imageset::ImageSource::Folder(samples_dir.clone()).load_all()?;
+        let pairs = compare_sets(&fp_images, &test_images)?;
+        let looks = AppearanceShift::between(&fp_images, &test_images);
 
         // Noise-prediction error of the evaluated model on the full-precision trajectory.
         let k = args.step_error_images.min(args.num);
@@ -202,7 +204,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
             "step_error_images": k,
             "noise_prediction_error": rows.iter().map(|r| json!({
                 "step": r.step, "timestep": sched.timesteps()[r.step], "mse": r.mse, "cosine": r.cosine,
+                "channel_bias": r.channel_bias,
             })).collect::<Vec<_>>(),
+            "appearance": looks,
         });
         eprintln!(
             "against {}: PSNR {:.2} dB (min {:.2}), SSIM {:.4} (min {:.4})",
@@ -212,6 +216,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             pairs.ssim_mean,
             pairs.ssim_min
         );
+        eprintln!("against {}: {}", fp_pipeline.name, looks.summary());
         fp_dir = Some(dir);
     }
 

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod compare;
 pub mod eval;
 pub mod fid;
 pub mod gpu_check;
