@@ -351,3 +351,93 @@ fn ptqd_flags_are_documented_with_defaults() {
         assert!(text.contains(w), "ptqd --help lacks {w}: {text}");
     }
 }
+
+/// Qua²SeDiMo's two objectives from the CLI on a small sensitivity run: `--lambda-bits 0` takes
+/// the most accurate option everywhere, a huge λ the fewest bits, `--avg-bits` meets its budget,
+/// and the two flags together are refused.
+#[test]
+fn mixed_precision_by_budget_or_lambda() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let sens = tmp.path().join("sens");
+    let s = sens.to_str().unwrap();
+    ok(&dmq(
+        &[
+            "sensitivity",
+            "--out",
+            s,
+            "--configs",
+            "20",
+            "--steps",
+            "4",
+            "--steps-sampled",
+            "2",
+            "--trajectories",
+            "2",
+            "--per-step",
+            "1",
+            "--budgets",
+            "4.0",
+        ],
+        &cache,
+    ));
+    let recipe = tmp.path().join("rtn.toml");
+    std::fs::write(
+        &recipe,
+        TINY.replace(
+            "[reconstruction]\niters = 5",
+            "[reconstruction]\nenabled = false\niters = 5",
+        )
+        .replace(
+            "[weights]\nbits = 4",
+            "[weights]\nbits = 4\nrounding = \"nearest\"",
+        ),
+    )
+    .unwrap();
+    let r = recipe.to_str().unwrap();
+    let avg_of = |flags: &[&str], name: &str| -> f64 {
+        let q = tmp.path().join(name);
+        let mut args = vec![
+            "quantize",
+            "--recipe",
+            r,
+            "--sensitivity",
+            s,
+            "--preview",
+            "0",
+        ];
+        args.extend_from_slice(&["--out", q.to_str().unwrap()]);
+        args.extend_from_slice(flags);
+        ok(&dmq(&args, &cache));
+        let rep = json_of(&q.join("manifest.json"));
+        rep["extra"]["mixed_precision"]["avg_bits"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{rep}"))
+    };
+    let accurate = avg_of(&["--lambda-bits", "0"], "q0");
+    let small = avg_of(&["--lambda-bits", "1e9"], "qbig");
+    let budget = avg_of(&["--avg-bits", "4.0"], "qb");
+    assert!(small < 3.1, "huge λ must take the fewest bits: {small}");
+    assert!(
+        accurate > budget && budget <= 4.0 && budget > small,
+        "{accurate} {budget} {small}"
+    );
+    let err = fails(&dmq(
+        &[
+            "quantize",
+            "--recipe",
+            r,
+            "--sensitivity",
+            s,
+            "--avg-bits",
+            "4",
+            "--lambda-bits",
+            "1",
+        ],
+        &cache,
+    ));
+    assert!(
+        err.contains("--lambda-bits") && err.contains("--avg-bits"),
+        "{err}"
+    );
+}

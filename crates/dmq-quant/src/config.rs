@@ -89,6 +89,7 @@
 //!
 //! [mixed_precision]                  # optional: Qua²SeDiMo bit allocation (docs/methods-qua2sedimo.md)
 //! avg_bits = 3.5                     # average stored bits per weight of the quantized layers
+//! # lambda_bits = 0.05               # or, instead of a budget: minimise cost + λ·average bits
 //! options = "all"                    # "all" (uniform, k-means per channel/tensor) | "uniform"
 //!
 //! [[overrides]]                      # later entries win
@@ -254,10 +255,46 @@ pub enum MixedOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MixedPrecisionConfig {
-    /// Stored bits per weight of the weight-quantized layers, codebooks/steps included.
-    pub avg_bits: f64,
+    /// Stored bits per weight of the weight-quantized layers, codebooks/steps included: the
+    /// budget of the exact allocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg_bits: Option<f64>,
+    /// The paper's objective instead of a budget: minimise predicted cost + λ·(average bits),
+    /// in the sensitivity report's cost units per average bit. Exactly one of `avg_bits` and
+    /// `lambda_bits` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_bits: Option<f64>,
     #[serde(default)]
     pub options: MixedOptions,
+}
+
+/// What a mixed-precision allocation optimises.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BitObjective {
+    /// Best predicted quality at this average of stored bits per weight (or fewer).
+    Budget(f64),
+    /// Best predicted cost + λ·(average bits), no budget.
+    Lagrangian(f64),
+}
+
+impl MixedPrecisionConfig {
+    /// The objective this section asks for (validated: exactly one is set).
+    pub fn objective(&self) -> Option<BitObjective> {
+        match (self.avg_bits, self.lambda_bits) {
+            (Some(b), None) => Some(BitObjective::Budget(b)),
+            (None, Some(l)) => Some(BitObjective::Lagrangian(l)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for BitObjective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BitObjective::Budget(b) => write!(f, "{b} average bits"),
+            BitObjective::Lagrangian(l) => write!(f, "cost + {l}·bits"),
+        }
+    }
 }
 
 /// How the weight range is initialised (§1.1).
@@ -1370,10 +1407,26 @@ impl QuantConfig {
         if let Some(mp) = &self.mixed_precision {
             require(
                 file,
-                "mixed_precision.avg_bits",
-                mp.avg_bits.is_finite() && (2.0..=16.0).contains(&mp.avg_bits),
-                "must be a number in 2..=16",
+                "mixed_precision",
+                mp.avg_bits.is_some() != mp.lambda_bits.is_some(),
+                "set exactly one of avg_bits (a budget) and lambda_bits (cost + λ·bits)",
             )?;
+            if let Some(b) = mp.avg_bits {
+                require(
+                    file,
+                    "mixed_precision.avg_bits",
+                    b.is_finite() && (2.0..=16.0).contains(&b),
+                    "must be a number in 2..=16",
+                )?;
+            }
+            if let Some(l) = mp.lambda_bits {
+                require(
+                    file,
+                    "mixed_precision.lambda_bits",
+                    l.is_finite() && l >= 0.0,
+                    "must be a finite number >= 0",
+                )?;
+            }
         }
         Ok(())
     }

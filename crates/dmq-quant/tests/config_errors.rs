@@ -437,3 +437,31 @@ fn bad_ptqd_sections_name_the_field() {
     let e = toml_err(&format!("{float_acts}\n[ptqd]\nmixed_act_bits = [4]\n"));
     assert_field(&e, "bad.toml", "ptqd.mixed_act_bits", &["below 16"]);
 }
+
+/// `[mixed_precision]` takes a budget or the paper's λ, exactly one, each in its range.
+#[test]
+fn mixed_precision_needs_exactly_one_objective() {
+    let with = |body: &str| format!("{BASE}\n[mixed_precision]\n{body}\n");
+    let ok = QuantConfig::from_toml_str(&with("lambda_bits = 0.05"), "mp.toml").unwrap();
+    let mp = ok.mixed_precision.as_ref().unwrap();
+    assert_eq!(
+        mp.objective(),
+        Some(dmq_quant::config::BitObjective::Lagrangian(0.05))
+    );
+    // It survives the JSON round trip of manifests.
+    assert_eq!(
+        QuantConfig::from_json_str(&ok.to_json(), "mp.json").unwrap(),
+        ok
+    );
+    let both = toml_err(&with("avg_bits = 3.5\nlambda_bits = 0.05"));
+    assert_field(&both, "bad.toml", "mixed_precision", &["exactly one"]);
+    let none = toml_err(&with("options = \"all\""));
+    assert_field(&none, "bad.toml", "mixed_precision", &["exactly one"]);
+    let negative = toml_err(&with("lambda_bits = -1"));
+    assert_field(
+        &negative,
+        "bad.toml",
+        "mixed_precision.lambda_bits",
+        &[">= 0"],
+    );
+}

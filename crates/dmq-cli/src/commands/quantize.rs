@@ -59,8 +59,14 @@ pub struct QuantizeArgs {
     /// of stored bits per weight (codebooks, steps and zero points included); needs
     /// --sensitivity. Recipes with learned rounding get uniform options only [default: the
     /// recipe's mixed_precision.avg_bits; none].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "lambda_bits")]
     pub avg_bits: Option<f64>,
+    /// Qua²SeDiMo mixed precision with the paper's objective instead of a budget: per layer, the
+    /// option minimising predicted cost + λ·(average bits), λ in the sensitivity report's cost
+    /// units (ln of the proxy) per average bit; 0 picks the most accurate options, larger values
+    /// fewer bits. Needs --sensitivity [default: none].
+    #[arg(long)]
+    pub lambda_bits: Option<f64>,
     /// The sensitivity.json (or its folder) written by `dmq sensitivity` for this model, used by
     /// --avg-bits and the mp-* recipes.
     #[arg(long)]
@@ -591,9 +597,17 @@ fn apply_mixed_precision(
         if !(b.is_finite() && (2.0..=16.0).contains(&b)) {
             bail!("--avg-bits {b}: must be a number in 2..=16");
         }
+    }
+    if let Some(l) = args.lambda_bits {
+        if !(l.is_finite() && l >= 0.0) {
+            bail!("--lambda-bits {l}: must be a finite number >= 0");
+        }
+    }
+    if args.avg_bits.is_some() || args.lambda_bits.is_some() {
         let learned = cfg.weights.rounding == Rounding::Adaround && cfg.reconstruction.enabled;
         cfg.mixed_precision = Some(MixedPrecisionConfig {
-            avg_bits: b,
+            avg_bits: args.avg_bits,
+            lambda_bits: args.lambda_bits,
             options: if learned {
                 MixedOptions::Uniform
             } else {
@@ -602,20 +616,26 @@ fn apply_mixed_precision(
                     .map_or(MixedOptions::All, |m| m.options)
             },
         });
-        cfg.name = format!("{}-mp{b}", cfg.name);
+        cfg.name = match (args.avg_bits, args.lambda_bits) {
+            (Some(b), _) => format!("{}-mp{b}", cfg.name),
+            (_, Some(l)) => format!("{}-mplambda{l}", cfg.name),
+            _ => unreachable!("one of them is set"),
+        };
     }
     let Some(mp) = cfg.mixed_precision.clone() else {
         if args.sensitivity.is_some() {
-            bail!("--sensitivity is used with --avg-bits or an mp-* recipe");
+            bail!("--sensitivity is used with --avg-bits, --lambda-bits or an mp-* recipe");
         }
         return Ok(serde_json::Value::Null);
     };
+    let objective = mp
+        .objective()
+        .context("[mixed_precision] sets neither avg_bits nor lambda_bits")?;
     let Some(s) = &args.sensitivity else {
         bail!(
-            "recipe `{}` allocates mixed precision at {} bits: pass --sensitivity S (run `dmq \
+            "recipe `{}` allocates mixed precision ({objective}): pass --sensitivity S (run `dmq \
              sensitivity --model M --out S` first)",
             cfg.name,
-            mp.avg_bits
         );
     };
     let file = if s.is_dir() {
@@ -640,8 +660,8 @@ fn apply_mixed_precision(
         .collect();
     let uniform_only = mp.options == MixedOptions::Uniform;
     let (choice, predicted, avg) = report
-        .allocate(&quantized, mp.avg_bits, uniform_only)
-        .with_context(|| format!("allocating {} bits from {}", mp.avg_bits, file.display()))?;
+        .allocate_for(&quantized, objective, uniform_only)
+        .with_context(|| format!("allocating for {objective} from {}", file.display()))?;
     for (path, o) in &choice {
         cfg.overrides.push(o.override_for(path));
     }
@@ -652,9 +672,8 @@ fn apply_mixed_precision(
         *counts.entry(o.name()).or_insert(0usize) += 1;
     }
     eprintln!(
-        "mixed precision: {} layers at {avg:.4} average bits (budget {}): {}",
+        "mixed precision: {} layers at {avg:.4} average bits (objective: {objective}): {}",
         choice.len(),
-        mp.avg_bits,
         counts
             .iter()
             .map(|(k, v)| format!("{v} {k}"))
@@ -664,6 +683,7 @@ fn apply_mixed_precision(
     Ok(json!({
         "sensitivity": file.display().to_string(),
         "budget_avg_bits": mp.avg_bits,
+        "lambda_bits": mp.lambda_bits,
         "avg_bits": avg,
         "predicted_ln_proxy_change": predicted,
         "options": counts,

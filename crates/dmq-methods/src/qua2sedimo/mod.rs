@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
+use dmq_quant::config::BitObjective;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -360,6 +361,18 @@ impl SensitivityReport {
         avg_bits: f64,
         uniform_only: bool,
     ) -> Result<Allocation, Q2sError> {
+        self.allocate_for(paths, BitObjective::Budget(avg_bits), uniform_only)
+    }
+
+    /// As [`Self::allocate`], for either objective: a budget (exact, by the ILP of
+    /// [`allocate::allocate_budget`]) or the paper's cost + λ·(average bits) (exact per layer,
+    /// [`allocate::allocate_lagrangian`]).
+    pub fn allocate_for(
+        &self,
+        paths: &[String],
+        objective: BitObjective,
+        uniform_only: bool,
+    ) -> Result<Allocation, Q2sError> {
         if let Some(p) = paths
             .iter()
             .find(|p| !self.layers.iter().any(|l| &l.path == *p))
@@ -377,12 +390,19 @@ impl SensitivityReport {
             .filter(|(l, _)| keep(l))
             .unzip();
         let numel: usize = layers.iter().map(|l| l.numel).sum();
-        let budget = (avg_bits * numel as f64).floor() as u64;
         let plain: Vec<Vec<allocate::Item>> = items
             .iter()
             .map(|l| l.iter().map(|(_, i)| *i).collect())
             .collect();
-        let choice = allocate::allocate_budget(&plain, budget)?;
+        let choice = match objective {
+            BitObjective::Budget(avg_bits) => {
+                let budget = (avg_bits * numel as f64).floor() as u64;
+                allocate::allocate_budget(&plain, budget)?
+            }
+            BitObjective::Lagrangian(lambda) => {
+                allocate::allocate_lagrangian(&plain, lambda, numel)
+            }
+        };
         let opts = self.parsed_options();
         let mut out = Vec::new();
         let mut cost = 0.0;
