@@ -120,15 +120,7 @@ mod tests {
     use crate::config::{PredictionType, ScheduleConfig};
     use crate::ddim::Ddim;
     use crate::ddpm::Ddpm;
-    use crate::test_util::{close, t, v, E, N, X};
-
-    fn beta(s: usize) -> f64 {
-        0.0001 + (0.02 - 0.0001) * s as f64 / 999.0
-    }
-
-    fn acp(t: usize) -> f64 {
-        (0..=t).map(|s| 1.0 - beta(s)).product()
-    }
+    use crate::test_util::{acp, close, t, v, E, N, X};
 
     fn no_clip() -> ScheduleConfig {
         ScheduleConfig {

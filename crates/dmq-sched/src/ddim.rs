@@ -185,14 +185,7 @@ mod tests {
     use crate::config::{PredictionType, TimestepSpacing};
     use candle_core::DType;
 
-    use crate::test_util::{close, t, v, E, N, X};
-
-    /// ᾱ by hand: Π (1 − βₛ) for the default linear schedule.
-    fn acp(t: usize) -> f64 {
-        (0..=t)
-            .map(|s| 1.0 - (0.0001 + (0.02 - 0.0001) * s as f64 / 999.0))
-            .product()
-    }
+    use crate::test_util::{acp, close, t, v, E, N, X};
 
     /// The DDIM update written out in full, independently of the implementation.
     fn ddim_by_hand(

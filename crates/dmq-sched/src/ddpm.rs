@@ -158,15 +158,7 @@ mod tests {
     use super::*;
     use crate::config::{PredictionType, TimestepSpacing};
 
-    use crate::test_util::{close, t, v, E, N, X};
-
-    fn beta(s: usize) -> f64 {
-        0.0001 + (0.02 - 0.0001) * s as f64 / 999.0
-    }
-
-    fn acp(t: usize) -> f64 {
-        (0..=t).map(|s| 1.0 - beta(s)).product()
-    }
+    use crate::test_util::{acp, beta, close, t, v, E, N, X};
 
     /// Posterior mean and std written out by hand for a jump t → p (p < 0: ᾱ = 1).
     fn ddpm_by_hand(t: usize, p: i64, large: bool, clip: bool, pred: PredictionType) -> Vec<f64> {

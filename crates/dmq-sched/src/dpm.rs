@@ -288,14 +288,7 @@ mod tests {
     use super::*;
     use crate::config::TimestepSpacing;
     use crate::correction::OutputCorrection;
-    use crate::test_util::{close, t, v, E, X};
-
-    /// ᾱ by hand: Π (1 − βₛ) for the default linear schedule.
-    fn acp(t: usize) -> f64 {
-        (0..=t)
-            .map(|s| 1.0 - (0.0001 + (0.02 - 0.0001) * s as f64 / 999.0))
-            .product()
-    }
+    use crate::test_util::{acp, close, t, v, E, X};
 
     fn lambda(t: usize) -> f64 {
         (acp(t).sqrt() / (1.0 - acp(t)).sqrt()).ln()

@@ -21,3 +21,13 @@ pub fn close(a: &[f64], b: &[f64], tol: f64) {
         assert!((x - y).abs() <= tol, "element {i}: {x} vs {y}");
     }
 }
+
+/// β of the default linear schedule (1e-4 → 0.02 over 1000 steps), by hand.
+pub fn beta(s: usize) -> f64 {
+    0.0001 + (0.02 - 0.0001) * s as f64 / 999.0
+}
+
+/// ᾱ by hand: Π (1 − βₛ) for the default linear schedule.
+pub fn acp(t: usize) -> f64 {
+    (0..=t).map(|s| 1.0 - beta(s)).product()
+}
