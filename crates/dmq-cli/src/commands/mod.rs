@@ -112,8 +112,10 @@ impl ModelArgs {
                     }
                 };
                 let sched = dir.join("scheduler_config.json");
+                let m = dmq_quant::artifact::read_manifest(dir)?;
                 let pipeline = dmq_model::Pipeline {
                     name: dir.display().to_string(),
+                    class: dmq_quant::artifact::model_class(dir, &m)?,
                     unet_config: dmq_model::source::FileRef::Path(dir.join("config.json")),
                     unet_weights: dmq_model::source::FileRef::Path(dir.join("float.safetensors")),
                     scheduler_config: if sched.is_file() {
@@ -121,6 +123,7 @@ impl ModelArgs {
                     } else {
                         None
                     },
+                    vae: Some(dir.join("vae")).filter(|v| v.join("config.json").is_file()),
                 };
                 return Ok(Loaded {
                     pipeline,

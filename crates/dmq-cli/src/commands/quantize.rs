@@ -486,6 +486,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         format_version: artifact::FORMAT_VERSION,
         dmq_version: env!("CARGO_PKG_VERSION").to_string(),
         base_model: pipeline.name.clone(),
+        model_class: Some(pipeline.class.name().to_string()),
         recipe: serde_json::from_str(&cfg.to_json())?,
         calibration,
         layers: entries,

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
-use dmq_model::UNet2DModel;
+use dmq_model::DenoiserModel;
 use dmq_quant::ptq::PtqOutcome;
 use dmq_quant::sim::SimQuantExec;
 
@@ -25,7 +25,7 @@ fn host_of(path: &str, outcome: &PtqOutcome) -> Option<String> {
 /// Folds every foldable scale of `outcome` and updates `model` to match. Returns the folded
 /// layers (folded → host).
 pub fn fold_scales(
-    model: &mut UNet2DModel,
+    model: &mut dyn DenoiserModel,
     outcome: &mut PtqOutcome,
 ) -> dmq_model::Result<BTreeMap<String, String>> {
     let err = |p: &str, e: dmq_quant::uniform::QuantError| {
