@@ -224,7 +224,7 @@ impl Pipeline {
         match &self.scheduler_config {
             Some(f) => Ok((f.label().to_path_buf(), f.read_to_string()?)),
             None => Err(ModelError::Source(format!(
-                "{}: no scheduler/scheduler_config.json: dmq needs it to sample (copy one from the model's original repository)",
+                "{}: no scheduler/scheduler_config.json: dmq needs it to sample (copy one from the model's original repository, or pass --scheduler-config FILE)",
                 self.name
             ))),
         }

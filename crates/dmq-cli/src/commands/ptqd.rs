@@ -201,6 +201,7 @@ pub fn run(args: PtqdArgs) -> Result<()> {
         model: Some(fp_name.clone()).filter(|n| n != dmq_model::embedded::NAME),
         device: args.model.device.clone(),
         dtype: args.model.dtype.clone(),
+        scheduler_config: None,
     };
     let (fp_pipeline, fp) = fp_args.load().with_context(|| {
         format!("loading the full-precision model `{fp_name}` (pass --fp to name it)")
