@@ -370,3 +370,31 @@ pub fn install_weights(
 ) -> dmq_model::Result<()> {
     install_hard(model, weights)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::lp_loss;
+    use candle_core::{Device, Tensor};
+
+    /// Transformer-block outputs `[B, N, D]`: the error is summed over each token's D features
+    /// and averaged over batch and tokens (DMQ's reference sums over the token axis instead,
+    /// which weights a block by its token count: `docs/methods/dmq.md` §8).
+    #[test]
+    fn lp_loss_sums_features_not_tokens() {
+        // B = 1, N = 2 tokens, D = 3 features; error 1 on token 0 feature 0, 2 on token 1 feature 2.
+        let pred =
+            Tensor::from_vec(vec![1f32, 0., 0., 0., 0., 2.], (1, 2, 3), &Device::Cpu).unwrap();
+        let tgt = pred.zeros_like().unwrap();
+        let l: f32 = lp_loss(&pred, &tgt, 2.0).unwrap().to_scalar().unwrap();
+        // per token: 1 and 4; mean over the 2 tokens = 2.5 (token-axis sum: mean of [1, 0, 4] = 5/3)
+        assert!((l - 2.5).abs() < 1e-6, "{l}");
+        // [B, C, H, W]: the channel axis.
+        let pred = Tensor::from_vec(vec![1f32, 2., 3., 4.], (1, 2, 2, 1), &Device::Cpu).unwrap();
+        let l: f32 = lp_loss(&pred, &pred.zeros_like().unwrap(), 2.0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        // per position: 1 + 9 = 10 and 4 + 16 = 20, mean 15
+        assert!((l - 15.0).abs() < 1e-5, "{l}");
+    }
+}

@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod latent;
 pub mod ptqd;
 pub mod quantize;
+pub mod quantize_latent;
 pub mod quantize_report;
 pub mod sample;
 pub mod sensitivity;
