@@ -30,6 +30,15 @@ iters = 5
 batch = 2
 "#;
 
+/// [`TINY`] with DMQ's passes: learned equivalent scaling (a few iterations) and power-of-two
+/// scaling of the ResBlock shortcut inputs (SD's decoder; DiT and PixArt have none).
+fn tiny_dmq() -> String {
+    format!(
+        "{}\n[les]\nenabled = true\niters = 5\nbatch = 2\n[pts]\nenabled = true\nlayers = [\"*.conv_shortcut\"]\n",
+        TINY.replace("tiny-w4a8", "tiny-dmq-w4a8")
+    )
+}
+
 fn tiny(rel: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/models/tiny-latent")
@@ -51,10 +60,21 @@ fn mean_psnr(a: &Path, b: &Path, n: usize) -> f64 {
 }
 
 fn round_trip(dir: &str, cond: &[&str], class: &str, units: &[&str], has_vae: bool) {
+    round_trip_with(TINY, dir, cond, class, units, has_vae);
+}
+
+fn round_trip_with(
+    recipe_text: &str,
+    dir: &str,
+    cond: &[&str],
+    class: &str,
+    units: &[&str],
+    has_vae: bool,
+) -> serde_json::Value {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let recipe = tmp.path().join("tiny.toml");
-    std::fs::write(&recipe, TINY).unwrap();
+    std::fs::write(&recipe, recipe_text).unwrap();
     let q = tmp.path().join("q");
     let qs = q.to_str().unwrap();
     let model = tiny(dir);
@@ -128,6 +148,7 @@ fn round_trip(dir: &str, cond: &[&str], class: &str, units: &[&str], has_vae: bo
         (psnr - preview).abs() < 1e-9,
         "{dir}: dmq sample of the artifact gives PSNR {psnr} against FP, the in-memory model gave {preview}"
     );
+    m
 }
 
 #[test]
@@ -173,5 +194,46 @@ fn pixart_quantize_save_load_sample() {
             "caption_projection.linear_1",
         ],
         false,
+    );
+}
+
+/// DMQ (LES + PTS) through the same round trip: equivalent scales stored (or folded into the
+/// value projection), PTS shifts on SD's decoder shortcuts.
+#[test]
+fn dmq_recipe_round_trips_on_sd_and_dit() {
+    let m = round_trip_with(
+        &tiny_dmq(),
+        "sd",
+        &["--prompt-embeds", &tiny("sd/golden/ddim10_cfg.safetensors")],
+        "UNet2DConditionModel",
+        &["up_blocks.0.resnets.0", "up_blocks.1.attentions.1"],
+        true,
+    );
+    let layers = m["layers"].as_array().unwrap();
+    let count = |f: &dyn Fn(&serde_json::Value) -> bool| layers.iter().filter(|l| f(l)).count();
+    assert!(count(&|l| l["equivalent_scale"] == true) > 20, "LES scales");
+    assert!(
+        count(&|l| !l["scale_folded_into"].is_null()) > 0,
+        "to_out folded into to_v"
+    );
+    assert!(
+        count(&|l| l["activation"]["pts"] == true) > 0,
+        "PTS on conv_shortcut"
+    );
+    let m = round_trip_with(
+        &tiny_dmq(),
+        "dit",
+        &["--class-labels", "207,360"],
+        "DiTTransformer2DModel",
+        &["transformer_blocks.0", "transformer_blocks.1"],
+        true,
+    );
+    let layers = m["layers"].as_array().unwrap();
+    assert!(
+        layers
+            .iter()
+            .filter(|l| l["equivalent_scale"] == true)
+            .count()
+            > 10
     );
 }
