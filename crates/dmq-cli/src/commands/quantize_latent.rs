@@ -57,6 +57,17 @@ pub fn run(args: &QuantizeArgs, cfg: QuantConfig, started: Instant) -> Result<()
             w.field, w.pattern, w.layers
         );
     }
+    let plans = cfg.layer_plans(&paths);
+    if !cfg.layers.keep_float.is_empty() && plans.values().all(|p| p.weight_bits.is_some()) {
+        // The built-in lists name UNet paths (conv_in, time_embedding.*): silently quantizing
+        // a transformer's first and last layers would surprise.
+        eprintln!(
+            "note: the recipe's layers.keep_float matches none of this {}'s layers, so every \
+             conv/linear is quantized; list e.g. pos_embed.proj, proj_out*, *timestep_embedder.* \
+             in a recipe to keep them float",
+            pipeline.class
+        );
+    }
     let mut bars = Bars::since(started);
     bars.message(&format!(
         "recipe {} on {} ({}, {} layers, {} parameters)",
