@@ -148,6 +148,28 @@ fn round_trip_with(
         (psnr - preview).abs() < 1e-9,
         "{dir}: dmq sample of the artifact gives PSNR {psnr} against FP, the in-memory model gave {preview}"
     );
+
+    // Again from the cached calibration set (conditioning rows included): the same artifact.
+    let q2 = tmp.path().join("q2");
+    let mut args = vec![
+        "quantize",
+        "--model",
+        &model,
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        q2.to_str().unwrap(),
+        "--preview",
+        "0",
+    ];
+    args.extend_from_slice(cond);
+    let err = ok(&dmq(&args, &cache));
+    assert!(err.contains("calibration data: reused"), "{dir}: {err}");
+    assert_eq!(
+        std::fs::read(q.join("quant.safetensors")).unwrap(),
+        std::fs::read(q2.join("quant.safetensors")).unwrap(),
+        "{dir}: the cached calibration set gives another artifact"
+    );
     m
 }
 
