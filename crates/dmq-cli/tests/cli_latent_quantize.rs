@@ -123,6 +123,10 @@ fn round_trip_with(
         preview.is_finite() && preview > 5.0,
         "{dir}: preview PSNR {preview}"
     );
+    // With PTQD statistics, `dmq sample` corrects by default: compare with that preview row.
+    let preview = report["preview"]["psnr_mean_db_ptqd"]
+        .as_f64()
+        .unwrap_or(preview);
 
     // The artifact sampled by `dmq sample` = the in-memory quantized model of the preview.
     let (fp_out, q_out) = (tmp.path().join("fp"), tmp.path().join("qs"));
@@ -258,4 +262,95 @@ fn dmq_recipe_round_trips_on_sd_and_dit() {
             .count()
             > 10
     );
+}
+
+/// PTQD on the guided prediction: statistics stored, `dmq sample --model Q` corrects by default
+/// exactly as the in-memory preview did, `--ptqd-parts none` gives the uncorrected model, and
+/// another guidance scale is refused.
+#[test]
+fn ptqd_round_trips_on_dit() {
+    let recipe = format!(
+        "{}\n[ptqd]\nsamples = 2\nbatch = 2\n",
+        TINY.replace("tiny-w4a8", "tiny-ptqd-w4a8")
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let cond = ["--class-labels", "207,360"];
+    let m = round_trip_with(
+        &recipe,
+        "dit",
+        &cond,
+        "DiTTransformer2DModel",
+        &["transformer_blocks.0"],
+        true,
+    );
+    assert_eq!(
+        m["ptqd"]["sets"][0]["protocol"]["guidance"], 4.0,
+        "{}",
+        m["ptqd"]
+    );
+    // The uncorrected model and the refusal, on an artifact of the same recipe.
+    let r = tmp.path().join("r.toml");
+    std::fs::write(&r, &recipe).unwrap();
+    let q = tmp.path().join("q");
+    let (model, qs) = (tiny("dit"), q.to_str().unwrap().to_string());
+    ok(&dmq(
+        &[
+            "quantize",
+            "--model",
+            &model,
+            "--recipe",
+            r.to_str().unwrap(),
+            "--out",
+            &qs,
+            "--preview",
+            "2",
+            "--class-labels",
+            "207,360",
+        ],
+        &cache,
+    ));
+    let plain = json(&q.join("report.json"))["preview"]["psnr_mean_db"]
+        .as_f64()
+        .unwrap();
+    let (fp_out, q_out) = (tmp.path().join("fp"), tmp.path().join("qn"));
+    for (m, out, extra) in [
+        (model.as_str(), &fp_out, vec![]),
+        (qs.as_str(), &q_out, vec!["--ptqd-parts", "none"]),
+    ] {
+        let mut args = vec![
+            "sample",
+            "--model",
+            m,
+            "--steps",
+            "10",
+            "--num",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&cond);
+        args.extend_from_slice(&extra);
+        ok(&dmq(&args, &cache));
+    }
+    assert!((mean_psnr(&fp_out, &q_out, 2) - plain).abs() < 1e-9);
+    let err = common::fails(&dmq(
+        &[
+            "sample",
+            "--model",
+            &qs,
+            "--steps",
+            "10",
+            "--num",
+            "1",
+            "--guidance-scale",
+            "2",
+            "--class-labels",
+            "1",
+            "--out",
+            tmp.path().join("g").to_str().unwrap(),
+        ],
+        &cache,
+    ));
+    assert!(err.contains("guidance"), "{err}");
 }

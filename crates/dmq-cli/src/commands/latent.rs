@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use dmq_model::{AutoencoderKL, Conditioning, Ctx, Denoiser, DenoiserClass, DenoiserModel};
 use dmq_quant::calib::CalibGuidance;
-use dmq_sched::{CfgOrder, Guidance, NoiseSource, SchedError, Scheduler};
+use dmq_sched::{CfgOrder, Guidance, NoiseSource, OutputCorrection, SchedError, Scheduler};
 use serde_json::json;
 
 use super::{ExecMode, ModelArgs};
@@ -270,14 +270,44 @@ pub fn guidance_for(
     }
 }
 
-/// Final latents of the images `indices` (one trajectory each, seeded per image), guided.
+/// The guided prediction for `x` (`[B, …]`, images `indices`) at timestep `t`, step `i`: the
+/// model on the doubled batch `cat([x, x])` with each half's conditioning, combined.
+pub fn guided_eps(
+    model: &dyn DenoiserModel,
+    guide: &CalibGuidance,
+    x: &Tensor,
+    t: usize,
+    i: usize,
+    indices: &[usize],
+) -> dmq_sched::Result<Tensor> {
+    let cond = guide
+        .doubled(indices)
+        .and_then(|c| Ok(c.to_device(model.device())?))
+        .map_err(SchedError::other)?;
+    let x = x.to_dtype(model.dtype())?;
+    let doubled = Tensor::cat(&[&x, &x], 0)?;
+    let out = model
+        .forward_cond(
+            &doubled,
+            dmq_model::Timesteps::Shared(t as f64),
+            &cond,
+            &Ctx::at_step(i),
+        )
+        .map_err(SchedError::other)?;
+    guide.guidance.combine(&out)
+}
+
+/// Final latents of the images `indices` (one trajectory each, seeded per image), guided
+/// (the arithmetic of `dmq_sched::sample_guided`), the guided prediction corrected by PTQD
+/// when `correction` is given.
 pub fn sample_latents(
     model: &dyn DenoiserModel,
     sched: &dyn Scheduler,
     noise: &NoiseSource,
     indices: &[usize],
     guide: &CalibGuidance,
-    mut on_step: impl FnMut(usize),
+    on_step: impl FnMut(usize),
+    correction: Option<&dyn OutputCorrection>,
 ) -> Result<Tensor> {
     let shape = model
         .sample_shape()
@@ -286,23 +316,13 @@ pub fn sample_latents(
     let x = noise
         .initial(indices, &shape, &device)?
         .to_dtype(model.dtype())?;
-    let cond = guide.doubled(indices)?.to_device(&device)?;
-    Ok(dmq_sched::sample_guided(
+    Ok(dmq_sched::sample_corrected(
         sched,
         x,
-        &guide.guidance,
-        |x2, t, i| {
-            model
-                .forward_cond(
-                    x2,
-                    dmq_model::Timesteps::Shared(t as f64),
-                    &cond,
-                    &Ctx::at_step(i),
-                )
-                .map_err(SchedError::other)
-        },
+        |x, t, i| guided_eps(model, guide, x, t, i, indices),
         |i| Ok(Some(noise.step_noise(i, indices, &shape, &device)?)),
-        |i, _, _| on_step(i),
+        on_step,
+        correction,
     )?)
 }
 
@@ -334,9 +354,6 @@ pub fn decode(vae: Option<&AutoencoderKL>, latents: &Tensor) -> Result<Tensor> {
 /// `dmq sample` for a latent model: guided trajectories, decoded by the VAE.
 pub fn run_sample(args: super::sample::SampleArgs) -> Result<()> {
     use super::sample::{protocol, scheduler_for, write_samples, SampleFolder};
-    if args.ptqd.ptqd_parts != "auto" {
-        bail!("--ptqd-parts: PTQD is not implemented for latent models yet");
-    }
     if args.class.is_some() {
         bail!("--class is for class-conditional UNet2DModel pipelines; DiT takes --class-labels");
     }
@@ -364,6 +381,17 @@ pub fn run_sample(args: super::sample::SampleArgs) -> Result<()> {
     } else {
         "latent preview"
     });
+    let correction = super::ptqd::correction_for_guided(
+        &l.pipeline,
+        &args.protocol,
+        &*sched,
+        &args.ptqd.ptqd_parts,
+        Some(guide.guidance.scale),
+    )?;
+    if let Some(c) = &correction {
+        proto["ptqd"] = c.describe();
+        eprintln!("PTQD: {}", c.summary());
+    }
     let noise = NoiseSource::new(args.protocol.seed);
     let folder = SampleFolder {
         out: &args.out,
@@ -375,7 +403,15 @@ pub fn run_sample(args: super::sample::SampleArgs) -> Result<()> {
         calls_per_batch: sched.timesteps().len(),
     };
     let outcome = write_samples(&folder, &mut |indices, on_call| {
-        let z = sample_latents(&l.model, &*sched, &noise, indices, &guide, |_| on_call())?;
+        let z = sample_latents(
+            &l.model,
+            &*sched,
+            &noise,
+            indices,
+            &guide,
+            |_| on_call(),
+            correction.as_ref().map(|c| c.correction()),
+        )?;
         decode(l.vae.as_ref(), &z)
     })?;
     eprintln!(

@@ -3,7 +3,10 @@
 //! trajectories (both halves of every doubled batch, with their conditioning). The VAE stays
 //! full precision and is copied into the artifact.
 //!
-//! Not yet for latent models: PTQD and Qua²SeDiMo mixed precision (refused, not ignored).
+//! PTQD measures the guided prediction (what the scheduler steps with) of the quantized model
+//! against the FP model's at the recipe's guidance scale, which the statistics record: they
+//! apply only to sampling at that scale. Not yet for latent models: PTQD's step-aware mixed
+//! precision and Qua²SeDiMo mixed precision (refused, not ignored).
 //! Cross-attention `to_k`/`to_v` only ever see the text embeddings; they are quantized like
 //! every other linear (per-step activation ranges of an input that does not change with the
 //! step), which is simple but wasteful.
@@ -15,6 +18,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use serde_json::json;
 
+use candle_core::Tensor;
+use dmq_methods::ptqd::{
+    measure_indexed, CollectSpec, Parts, Protocol, PtqdCorrection, PtqdSection, SampleSpace,
+};
 use dmq_model::DenoiserModel;
 use dmq_quant::artifact::{self, Manifest};
 use dmq_quant::calib::{self, CalibGuidance, CalibSpec};
@@ -25,15 +32,21 @@ use super::latent::{self, LatentModel};
 use super::quantize::{
     cache_root, folder_bytes, layer_entries, model_fingerprint, summary, Bars, QuantizeArgs,
 };
-use super::sample::{scheduler_for, write_json_atomic, ProtocolArgs, Sampler};
+use super::sample::{
+    sampler_kind, schedule_config, scheduler_for, write_json_atomic, ProtocolArgs, Sampler,
+};
 use super::ExecMode;
 
 /// Quantizes the latent model of `args` with the (flag-adjusted, validated) recipe `cfg`.
 pub fn run(args: &QuantizeArgs, cfg: QuantConfig, started: Instant) -> Result<()> {
-    if cfg.ptqd.is_some() {
+    if cfg
+        .ptqd
+        .as_ref()
+        .is_some_and(|p| !p.mixed_act_bits.is_empty())
+    {
         bail!(
-            "recipe `{}`: PTQD is not implemented for latent models yet (drop --ptqd or use a \
-             recipe without [ptqd])",
+            "recipe `{}`: PTQD's step-aware mixed precision (ptqd.mixed_act_bits) is not \
+             implemented for latent models yet",
             cfg.name
         );
     }
@@ -138,10 +151,16 @@ pub fn run(args: &QuantizeArgs, cfg: QuantConfig, started: Instant) -> Result<()
     if args.restart && ckpt.exists() {
         std::fs::remove_dir_all(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
     }
+    // PTQD runs after the base and changes nothing in it: checkpoints of the same recipe without
+    // [ptqd] are the same run.
+    let base_recipe = QuantConfig {
+        ptqd: None,
+        ..cfg.clone()
+    };
     let run_fingerprint = calib::fingerprint(&[
         fingerprint.as_bytes(),
         serde_json::to_string(&manifest)?.as_bytes(),
-        cfg.to_json().as_bytes(),
+        base_recipe.to_json().as_bytes(),
         format!("{:?}", model.dtype()).as_bytes(),
     ]);
     let opts = PtqOptions {
@@ -151,9 +170,58 @@ pub fn run(args: &QuantizeArgs, cfg: QuantConfig, started: Instant) -> Result<()
         run_fingerprint,
     };
     let mut hooks = dmq_methods::dmq::hooks_for(&cfg);
-    let outcome = ptq::quantize_with(&mut model, &cfg, &set, &opts, hooks.as_mut(), &mut bars)?;
+    let mut outcome = ptq::quantize_with(&mut model, &cfg, &set, &opts, hooks.as_mut(), &mut bars)?;
     let method_report = hooks.report();
     bars.finish();
+
+    // PTQD: statistics of the guided prediction against the FP model on FP trajectories.
+    let mut ptqd_stage = None;
+    if let Some(settings) = &cfg.ptqd {
+        let t0 = Instant::now();
+        let fp = latent::load(&args.model, ExecMode::Sim)?;
+        let mut ptqd_protocol = Protocol::of(
+            sampler_kind(&protocol)?,
+            &schedule_config(&pipeline)?,
+            &*sched,
+        );
+        ptqd_protocol.guidance = Some(guide.guidance.scale);
+        let space = SampleSpace {
+            shape: model
+                .sample_shape()
+                .context("the model's config has no sample_size")?
+                .to_vec(),
+            device: model.device().clone(),
+            dtype: model.dtype(),
+        };
+        let spec = CollectSpec {
+            samples: settings.samples,
+            batch: settings.batch,
+            seed: settings.seed,
+        };
+        let set = measure_indexed(
+            &|x: &Tensor, t, i, idx: &[usize]| latent::guided_eps(&fp.model, &guide, x, t, i, idx),
+            &|x: &Tensor, t, i, idx: &[usize]| latent::guided_eps(&model, &guide, x, t, i, idx),
+            &space,
+            &*sched,
+            &ptqd_protocol,
+            &spec,
+            &mut bars,
+        )?;
+        bars.finish();
+        let seconds = t0.elapsed().as_secs_f64();
+        outcome.stage_seconds.push(("PTQD".to_string(), seconds));
+        let f = &set.steps;
+        bars.message(&format!(
+            "PTQD (guided prediction, scale {}): k_t {:.4}..{:.4}, sigma_q {:.4}..{:.4} over {} steps",
+            guide.guidance.scale,
+            f.iter().map(|s| s.fit.k).fold(f64::INFINITY, f64::min),
+            f.iter().map(|s| s.fit.k).fold(0.0, f64::max),
+            f.iter().map(|s| s.fit.sigma_q).fold(f64::INFINITY, f64::min),
+            f.iter().map(|s| s.fit.sigma_q).fold(0.0, f64::max),
+            f.len()
+        ));
+        ptqd_stage = Some((set, Parts::from_list(&settings.parts)));
+    }
 
     // The artifact.
     let (entries, layers_json) = layer_entries(&mut model, &outcome)?;
@@ -208,6 +276,13 @@ pub fn run(args: &QuantizeArgs, cfg: QuantConfig, started: Instant) -> Result<()
         pipeline.vae.as_deref(),
         args.overwrite,
     )?;
+    if let Some((set, parts)) = &ptqd_stage {
+        PtqdSection {
+            default_parts: *parts,
+            sets: vec![set.clone()],
+        }
+        .write(&args.out)?;
+    }
     let mut report = json!({
         "recipe": cfg.name,
         "model": pipeline.name,
@@ -220,21 +295,41 @@ pub fn run(args: &QuantizeArgs, cfg: QuantConfig, started: Instant) -> Result<()
         "artifact_bytes": folder_bytes(&args.out),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
+    let ptqd_correction = match &ptqd_stage {
+        Some((set, parts)) if !parts.is_none() => Some(PtqdCorrection::new(set, *parts)),
+        _ => None,
+    };
+    if let Some((set, parts)) = &ptqd_stage {
+        report["ptqd"] = super::ptqd::report_json(set, None, &*sched, *parts)?;
+    }
     if args.preview > 0 {
         let fp = latent::load(&args.model, ExecMode::Sim)?;
-        let (psnr, picture) = preview(
+        let (psnrs, picture) = preview(
             &fp,
             &model,
+            ptqd_correction
+                .as_ref()
+                .map(|c| c as &dyn dmq_sched::OutputCorrection),
             &guide,
             &*sched,
             args.preview,
             cfg.calibration.seed,
             &mut bars,
         )?;
+        let psnr = psnrs[0];
         dmq_eval::images::save_png_atomic(&picture, &args.out.join("preview.png"))?;
         bars.message(&format!(
-            "preview: {} images, PSNR {psnr:.2} dB against the full-precision model (preview.png: top FP, bottom quantized{})",
+            "preview: {} images, PSNR {psnr:.2} dB against the full-precision model{} (preview.png: top FP, {}{})",
             args.preview,
+            psnrs
+                .get(1)
+                .map(|p| format!(", {p:.2} dB with PTQD"))
+                .unwrap_or_default(),
+            if psnrs.len() > 1 {
+                "middle quantized, bottom quantized + PTQD"
+            } else {
+                "bottom quantized"
+            },
             if fp.vae.is_none() { "; latent previews, no VAE" } else { "" }
         ));
         report["preview"] = json!({
@@ -243,43 +338,62 @@ pub fn run(args: &QuantizeArgs, cfg: QuantConfig, started: Instant) -> Result<()
             "seed": cfg.calibration.seed,
             "guidance": sampler_json["guidance"],
         });
+        if let Some(p) = psnrs.get(1) {
+            report["preview"]["psnr_mean_db_ptqd"] = json!(p);
+        }
     }
     write_json_atomic(&args.out.join("report.json"), &report)?;
     super::quantize_report::write_png(&args.out.join("report.png"), &report)?;
+    if report.get("ptqd").is_some() {
+        super::ptqd::write_png(&args.out.join("report-ptqd.png"), &report["ptqd"])?;
+    }
     let _ = std::fs::remove_dir_all(&ckpt);
     summary(&report, &args.out);
     Ok(())
 }
 
 /// The same `n` seeds (image i conditioned as `dmq sample` conditions image i) through the FP
-/// and the quantized model: mean PSNR of the decoded images and a picture (FP row on top).
+/// and the quantized model (and the quantized one with `correction`, when given): mean PSNR of
+/// each quantized row's decoded images against FP, and a picture (FP row on top).
+#[allow(clippy::too_many_arguments)]
 fn preview(
     fp: &LatentModel,
     q: &dyn DenoiserModel,
+    correction: Option<&dyn dmq_sched::OutputCorrection>,
     guide: &CalibGuidance,
     sched: &dyn dmq_sched::Scheduler,
     n: usize,
     seed: u64,
     bars: &mut Bars,
-) -> Result<(f64, image::RgbImage)> {
+) -> Result<(Vec<f64>, image::RgbImage)> {
     let noise = dmq_sched::NoiseSource::new(seed);
     let idx: Vec<usize> = (0..n).collect();
-    bars.stage("preview", (2 * sched.timesteps().len()) as u64);
+    let mut runs: Vec<(&dyn DenoiserModel, Option<&dyn dmq_sched::OutputCorrection>)> =
+        vec![(&fp.model, None), (q, None)];
+    if correction.is_some() {
+        runs.push((q, correction));
+    }
+    bars.stage("preview", (runs.len() * sched.timesteps().len()) as u64);
     let mut rows = Vec::new();
-    for model in [&fp.model as &dyn DenoiserModel, q] {
-        let z = latent::sample_latents(model, sched, &noise, &idx, guide, |_| bars.inc(1))?;
+    for (model, c) in runs {
+        let z = latent::sample_latents(model, sched, &noise, &idx, guide, |_| bars.inc(1), c)?;
         rows.push(dmq_eval::images::to_rgb8(&latent::decode(
             fp.vae.as_ref(),
             &z,
         )?)?);
     }
     bars.finish();
-    let psnr = rows[0]
+    let psnr = rows[1..]
         .iter()
-        .zip(&rows[1])
-        .map(|(a, b)| dmq_eval::fidelity::psnr(a, b))
-        .sum::<f64>()
-        / n as f64;
+        .map(|row| {
+            rows[0]
+                .iter()
+                .zip(row)
+                .map(|(a, b)| dmq_eval::fidelity::psnr(a, b))
+                .sum::<f64>()
+                / n as f64
+        })
+        .collect();
     let grid = dmq_eval::images::grid(&rows.concat(), n);
     Ok((psnr, dmq_eval::images::upscale_to_width(&grid, 512)))
 }
