@@ -152,6 +152,7 @@ fn write_artifact_with(dir: &Path, wbits: u8, extras: Extras) {
         format_version: artifact::FORMAT_VERSION,
         dmq_version: "test".into(),
         base_model: pipeline.name.clone(),
+        model_class: None,
         recipe: json!({}),
         calibration: json!({}),
         layers: entries,

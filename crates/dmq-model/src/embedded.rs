@@ -18,6 +18,7 @@ pub fn pipeline() -> Pipeline {
     let label = |rel: &str| PathBuf::from(format!("<{NAME}>/{rel}"));
     Pipeline {
         name: NAME.to_string(),
+        class: crate::DenoiserClass::Unet2D,
         unet_config: FileRef::Static {
             label: label("unet/config.json"),
             bytes: UNET_CONFIG,
@@ -30,5 +31,6 @@ pub fn pipeline() -> Pipeline {
             label: label("scheduler/scheduler_config.json"),
             bytes: SCHEDULER_CONFIG,
         }),
+        vae: None,
     }
 }

@@ -1,14 +1,12 @@
 //! What a model is made of: parameters, every compute layer with its shapes, and the
 //! multiply-adds of one forward pass, counted by tracing a real forward on one sample.
 
-use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::config::ClassEmbedding;
 use crate::ctx::{Ctx, OpKind};
+use crate::denoiser::DenoiserModel;
 use crate::error::{ModelError, Result};
-use crate::unet2d::embeddings::ClassLabels;
-use crate::unet2d::{Timesteps, UNet2DModel};
+use crate::unet2d::UNet2DModel;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerInfo {
@@ -42,28 +40,22 @@ fn kind_name(k: OpKind) -> &'static str {
 
 /// Traces one forward at `resolution` (default: the config's `sample_size`).
 pub fn inspect(model: &UNet2DModel, resolution: Option<usize>) -> Result<Inspection> {
-    let res = resolution.or(model.config.sample_size).ok_or_else(|| {
-        ModelError::Source("config.json has no sample_size: pass the image resolution".into())
-    })?;
-    let x = Tensor::zeros(
-        (1, model.config.in_channels, res, res),
-        model.dtype(),
-        model.device(),
-    )?;
+    inspect_denoiser(model, resolution)
+}
+
+/// [`inspect`] for any denoiser (placeholder conditioning: see
+/// [`DenoiserModel::example_forward`]).
+pub fn inspect_denoiser(
+    model: &dyn DenoiserModel,
+    resolution: Option<usize>,
+) -> Result<Inspection> {
+    let res = resolution
+        .or(model.sample_shape().map(|s| s[1]))
+        .ok_or_else(|| {
+            ModelError::Source("config.json has no sample_size: pass the image resolution".into())
+        })?;
     let ctx = Ctx::tracing();
-    // A class-conditional model needs some label to run; which one does not change the count.
-    let label = [0u32];
-    let vector = Tensor::zeros(
-        (1, model.config.time_embed_dim()),
-        model.dtype(),
-        model.device(),
-    )?;
-    let labels = match model.config.class_embedding {
-        ClassEmbedding::None => None,
-        ClassEmbedding::Identity => Some(ClassLabels::Vectors(&vector)),
-        _ => Some(ClassLabels::Indices(&label)),
-    };
-    model.forward(&x, Timesteps::Shared(500.0), labels.as_ref(), &ctx)?;
+    model.example_forward(res, &ctx)?;
     let layers: Vec<LayerInfo> = ctx
         .take_trace()
         .into_iter()
@@ -84,7 +76,7 @@ pub fn inspect(model: &UNet2DModel, resolution: Option<usize>) -> Result<Inspect
             .sum::<u64>()
     };
     Ok(Inspection {
-        params: model.num_params,
+        params: model.num_params(),
         resolution: res,
         macs_total: layers.iter().map(|l| l.macs).sum(),
         macs_conv: sum("conv2d"),

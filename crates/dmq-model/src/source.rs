@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use crate::config::UNet2DConfig;
+use crate::denoiser::{Denoiser, DenoiserClass};
 use crate::error::{ModelError, Result};
 use crate::unet2d::UNet2DModel;
 use crate::weights::WeightStore;
@@ -96,36 +97,66 @@ impl FileRef {
     }
 }
 
-/// The files of one unconditional pixel-space pipeline (`DDPMPipeline` layout).
+/// The files of one pipeline: its denoiser (`unet/` or `transformer/` component, or a bare
+/// component folder), its scheduler config and, for latent models, its VAE folder.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     /// How to name the model to a user (folder, hub id, "embedded").
     pub name: String,
+    /// The denoiser's class, from its `config.json` `_class_name`.
+    pub class: DenoiserClass,
+    /// The denoiser's `config.json` (named `unet_*` for history: it is the `transformer/` one
+    /// of DiT and PixArt pipelines).
     pub unet_config: FileRef,
     /// A `.safetensors` file or a `.safetensors.index.json` shard index.
     pub unet_weights: FileRef,
     /// `None` for a bare UNet folder; sampling then needs a scheduler config from elsewhere.
     pub scheduler_config: Option<FileRef>,
+    /// The `vae/` component folder of latent pipelines (`None`: no decoder).
+    pub vae: Option<PathBuf>,
 }
 
 impl Pipeline {
-    /// Accepts a pipeline root (`model_index.json`, `unet/`, `scheduler/`), the flat layout of
-    /// older hub repos (`config.json` + `scheduler_config.json` at the top), or a UNet folder.
+    /// Accepts a pipeline root (`model_index.json`, `unet/` or `transformer/`, `scheduler/`,
+    /// `vae/`), the flat layout of older hub repos (`config.json` + `scheduler_config.json` at
+    /// the top), or a bare component folder.
     pub fn from_folder(dir: &Path) -> Result<Self> {
-        if let Ok(index) = std::fs::read_to_string(dir.join("model_index.json")) {
-            check_model_index(&dir.join("model_index.json"), &index)?;
-        }
-        let unet_dir = if dir.join("unet").join("config.json").is_file() {
-            dir.join("unet")
-        } else if dir.join("config.json").is_file() {
-            dir.to_path_buf()
-        } else {
-            return Err(ModelError::Source(format!(
-                "{}: no unet/config.json or config.json: not a diffusers model folder",
-                dir.display()
-            )));
+        let index = dir.join("model_index.json");
+        let index_classes = match std::fs::read_to_string(&index) {
+            Ok(text) => model_index_classes(&index, &text)?,
+            Err(_) => Vec::new(),
         };
-        let unet_weights = find_weights(&unet_dir)?;
+        let comp_dir = ["unet", "transformer"]
+            .iter()
+            .map(|c| dir.join(c))
+            .find(|d| d.join("config.json").is_file())
+            .or_else(|| dir.join("config.json").is_file().then(|| dir.to_path_buf()))
+            .ok_or_else(|| {
+                ModelError::Source(format!(
+                    "{}: no unet/config.json, transformer/config.json or config.json: not a \
+                     diffusers model folder",
+                    dir.display()
+                ))
+            })?;
+        let cfg_path = comp_dir.join("config.json");
+        let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|source| ModelError::Io {
+            path: cfg_path.clone(),
+            source,
+        })?;
+        let class = DenoiserClass::of_config(&cfg_path, &cfg_text)?;
+        if let Some((component, named)) = index_classes.first() {
+            if *named != class {
+                return Err(ModelError::config(
+                    &index,
+                    component,
+                    format!(
+                        "names a {named}, but {} holds a {class}",
+                        cfg_path.display()
+                    ),
+                ));
+            }
+        }
+        let unet_weights = find_weights(&comp_dir)?;
         let scheduler_config = [
             dir.join("scheduler").join("scheduler_config.json"),
             dir.join("scheduler_config.json"),
@@ -133,12 +164,30 @@ impl Pipeline {
         .into_iter()
         .find(|p| p.is_file())
         .map(FileRef::Path);
+        let vae = Some(dir.join("vae")).filter(|v| v.join("config.json").is_file());
         Ok(Self {
             name: dir.display().to_string(),
-            unet_config: FileRef::Path(unet_dir.join("config.json")),
+            class,
+            unet_config: FileRef::Path(cfg_path),
             unet_weights: FileRef::Path(unet_weights),
             scheduler_config,
+            vae,
         })
+    }
+
+    /// Loads the denoiser, whatever its class, with weights as `dtype` on `device`.
+    pub fn load_denoiser(&self, device: &Device, dtype: DType) -> Result<Denoiser> {
+        let text = self.unet_config.read_to_string()?;
+        let store = self.open_unet_weights(device, dtype)?;
+        Denoiser::load(self.class, self.unet_config.label(), &text, &store)
+    }
+
+    /// The VAE of a latent pipeline (`Ok(None)` when the folder has none).
+    pub fn load_vae(&self, device: &Device, dtype: DType) -> Result<Option<crate::AutoencoderKL>> {
+        self.vae
+            .as_deref()
+            .map(|d| crate::AutoencoderKL::from_folder(d, device, dtype))
+            .transpose()
     }
 
     pub fn load_unet_config(&self) -> Result<UNet2DConfig> {
@@ -156,8 +205,15 @@ impl Pipeline {
         }
     }
 
-    /// Loads the UNet with weights converted to `dtype` on `device`.
+    /// Loads the UNet with weights converted to `dtype` on `device` (a `UNet2DModel` only:
+    /// [`Pipeline::load_denoiser`] loads any class).
     pub fn load_unet(&self, device: &Device, dtype: DType) -> Result<UNet2DModel> {
+        if self.class != DenoiserClass::Unet2D {
+            return Err(ModelError::Source(format!(
+                "{} holds a {}: this command handles UNet2DModel pipelines only so far",
+                self.name, self.class
+            )));
+        }
         let cfg = self.load_unet_config()?;
         let store = self.open_unet_weights(device, dtype)?;
         UNet2DModel::load(cfg, &store)
@@ -168,38 +224,44 @@ impl Pipeline {
         match &self.scheduler_config {
             Some(f) => Ok((f.label().to_path_buf(), f.read_to_string()?)),
             None => Err(ModelError::Source(format!(
-                "{}: no scheduler/scheduler_config.json: dmq needs it to sample (copy one from the model's original repository)",
+                "{}: no scheduler/scheduler_config.json: dmq needs it to sample (copy one from the model's original repository, or pass --scheduler-config FILE)",
                 self.name
             ))),
         }
     }
 }
 
-/// `model_index.json` must describe a pipeline whose `unet` dmq can build.
-fn check_model_index(path: &Path, text: &str) -> Result<()> {
+/// The denoiser components `model_index.json` names (`unet`, `transformer`) with their class;
+/// a class dmq cannot build is an error naming the component.
+fn model_index_classes(path: &Path, text: &str) -> Result<Vec<(String, DenoiserClass)>> {
     let json: serde_json::Value = serde_json::from_str(text).map_err(|e| ModelError::Json {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    if let Some(unet) = json.get("unet") {
-        let class = unet.get(1).and_then(|c| c.as_str()).unwrap_or("");
-        if class != "UNet2DModel" {
-            return Err(ModelError::config(
-                path,
-                "unet",
-                format!(
-                    "component class \"{class}\" is not supported yet (supported: UNet2DModel)"
-                ),
-            ));
+    let mut out = Vec::new();
+    for component in ["unet", "transformer"] {
+        if let Some(entry) = json.get(component) {
+            let name = entry.get(1).and_then(|c| c.as_str()).unwrap_or("");
+            // `Transformer2DModel` needs its config's norm_type: trust the component config.
+            if name == "Transformer2DModel" {
+                continue;
+            }
+            let class =
+                DenoiserClass::from_name(name, &serde_json::Value::Null).ok_or_else(|| {
+                    ModelError::config(
+                        path,
+                        component,
+                        format!(
+                            "component class \"{name}\" is not supported yet (supported: \
+                         UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel, \
+                         PixArtTransformer2DModel)"
+                        ),
+                    )
+                })?;
+            out.push((component.to_string(), class));
         }
-    } else if json.get("transformer").is_some() || json.get("vae").is_some() {
-        return Err(ModelError::config(
-            path,
-            "_class_name",
-            "latent and transformer pipelines are not supported yet: dmq loads UNet2DModel pipelines",
-        ));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The checkpoint file of a component folder, preferring safetensors and its sharded index.

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::Tensor;
 use dmq_model::ctx::Ctx;
 use dmq_model::layers::{LayerExec, LayerRef};
-use dmq_model::{ModelError, Timesteps, UNet2DModel};
+use dmq_model::{DenoiserModel, ModelError, Timesteps};
 
 use crate::calib::CalibSet;
 use crate::sim::{input_channel_axis, LayerActivation, PerStepActivation, SimQuantExec};
@@ -174,7 +174,7 @@ impl LayerExec for ObservingExec {
 /// [`SimQuantExec`] holding its quantized weight and per-step activation parameters, and
 /// returns those parameters by layer path (layers with float inputs are not in the result).
 pub fn calibrate_activations(
-    unet: &mut UNet2DModel,
+    unet: &mut dyn DenoiserModel,
     set: &CalibSet,
     plans: &BTreeMap<String, LayerQuantPlan>,
     batch: usize,
@@ -232,17 +232,21 @@ pub fn calibrate_activations(
     steps.sort_unstable();
     steps.dedup();
     let mut found: BTreeMap<String, Vec<PerStepActivation>> = BTreeMap::new();
-    let batch_of = |rows: &[usize], unet: &UNet2DModel| -> dmq_model::Result<Tensor> {
+    let batch_of = |rows: &[usize],
+                    unet: &dyn DenoiserModel|
+     -> dmq_model::Result<(Tensor, dmq_model::Conditioning)> {
         let idx = Tensor::from_vec(
             rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
             rows.len(),
             set.x.device(),
         )?;
-        Ok(set
+        let x = set
             .x
             .index_select(&idx, 0)?
             .to_dtype(unet.dtype())?
-            .to_device(unet.device())?)
+            .to_device(unet.device())?;
+        let cond = set.cond.index_select(&idx)?.to_device(unet.device())?;
+        Ok((x, cond))
     };
     for &step in &steps {
         for exec in observers.values() {
@@ -254,9 +258,9 @@ pub fn calibrate_activations(
         }
         let rows = set.rows_of_step(step);
         for chunk in rows.chunks(batch.max(1)) {
-            let x = batch_of(chunk, unet)?;
+            let (x, cond) = batch_of(chunk, unet)?;
             let t = set.timesteps[chunk[0]] as f64;
-            unet.forward(&x, Timesteps::Shared(t), None, &Ctx::at_step(step))?;
+            unet.forward_cond(&x, Timesteps::Shared(t), &cond, &Ctx::at_step(step))?;
             on_forward();
         }
         if let (false, Some(voter)) = (pts_layers.is_empty(), &voter) {
@@ -269,9 +273,9 @@ pub fn calibrate_activations(
                     Mode::Frozen(fixed_activation(exec.split, &params, None))
                 };
             }
-            let x = batch_of(&rows, unet)?;
+            let (x, cond) = batch_of(&rows, unet)?;
             let t = set.timesteps[rows[0]] as f64;
-            unet.forward(&x, Timesteps::Shared(t), None, &Ctx::at_step(step))?;
+            unet.forward_cond(&x, Timesteps::Shared(t), &cond, &Ctx::at_step(step))?;
         }
         for (path, exec) in &observers {
             let params = exec.params().map_err(to_model)?;

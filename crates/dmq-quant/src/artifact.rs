@@ -2,8 +2,10 @@
 //! `--model Q`.
 //!
 //! ```text
-//! Q/manifest.json          format, version, recipe, calibration, per-layer bits and errors
-//! Q/config.json            the UNet config (unchanged)
+//! Q/manifest.json          format, version, model class, recipe, calibration, per-layer bits
+//!                          and errors
+//! Q/config.json            the denoiser's config (unchanged; UNet or transformer)
+//! Q/vae/                   latent models: the base model's VAE folder, copied (it stays float)
 //! Q/scheduler_config.json  the scheduler config of the base model (when it has one)
 //! Q/quant.safetensors      per quantized layer and part k:
 //!                            {path}.w{k}.codes       u8, bit-packed integer codes
@@ -36,7 +38,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use dmq_model::{UNet2DConfig, UNet2DModel, WeightStore};
+use dmq_model::{Denoiser, DenoiserClass, DenoiserModel, UNet2DModel, WeightStore};
 use serde::{Deserialize, Serialize};
 
 use crate::pack;
@@ -138,6 +140,10 @@ pub struct Manifest {
     pub dmq_version: String,
     /// The model that was quantized, as the user named it.
     pub base_model: String,
+    /// The denoiser's diffusers class (`UNet2DConditionModel`, ...); absent in artifacts
+    /// written before latent models, which are all `UNet2DModel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_class: Option<String>,
     /// The recipe, in full (a `QuantConfig` as JSON).
     pub recipe: serde_json::Value,
     /// Calibration data and the sampling protocol the activation parameters are valid for:
@@ -527,6 +533,31 @@ pub fn save(
     float: &WeightStore,
     overwrite: bool,
 ) -> Result<()> {
+    save_with(
+        dir,
+        manifest,
+        layers,
+        unet_config_json,
+        scheduler_config_json,
+        float,
+        None,
+        overwrite,
+    )
+}
+
+/// [`save`], also copying the base model's VAE folder (`config.json` and its safetensors)
+/// into `vae/` of the artifact, so latent models decode without their base folder.
+#[allow(clippy::too_many_arguments)]
+pub fn save_with(
+    dir: &Path,
+    manifest: &Manifest,
+    layers: &BTreeMap<String, QuantLayer>,
+    unet_config_json: &str,
+    scheduler_config_json: Option<&str>,
+    float: &WeightStore,
+    vae: Option<&Path>,
+    overwrite: bool,
+) -> Result<()> {
     if dir.exists() && !overwrite {
         return Err(file_err(
             dir,
@@ -572,6 +603,15 @@ pub fn save(
     write("config.json", unet_config_json)?;
     if let Some(s) = scheduler_config_json {
         write("scheduler_config.json", s)?;
+    }
+    if let Some(vae) = vae {
+        let to = tmp.join("vae");
+        std::fs::create_dir_all(&to).map_err(|e| file_err(&to, e))?;
+        let weights = dmq_model::source::find_weights(vae)?;
+        for from in [vae.join("config.json"), weights] {
+            let name = from.file_name().expect("a file name").to_owned();
+            std::fs::copy(&from, to.join(&name)).map_err(|e| file_err(&from, e))?;
+        }
     }
     let text = serde_json::to_string_pretty(manifest).map_err(|e| file_err(dir, e))?;
     write("manifest.json", &text)?;
@@ -671,13 +711,47 @@ pub fn read_layers(dir: &Path, m: &Manifest) -> Result<BTreeMap<String, QuantLay
 }
 
 /// Builds the model of the artifact in `dir` on `device` in `dtype`, with every quantized layer
-/// executing its simulated quantization.
+/// executing its simulated quantization (a `UNet2DModel` artifact only: [`load_denoiser`]
+/// loads any class).
 pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(Manifest, UNet2DModel)> {
+    let (m, model) = load_denoiser(dir, device, dtype)?;
+    match model.into_unet2d() {
+        Ok(unet) => Ok((m, unet)),
+        Err(other) => Err(file_err(
+            &dir.join("manifest.json"),
+            format!(
+                "holds a {}; this command handles UNet2DModel artifacts only so far",
+                other.class()
+            ),
+        )),
+    }
+}
+
+/// The denoiser class of the artifact in `dir`: the manifest's `model_class`, which must agree
+/// with `config.json` (older artifacts have no `model_class`: the config says).
+pub fn model_class(dir: &Path, m: &Manifest) -> Result<DenoiserClass> {
+    let cfg_path = dir.join("config.json");
+    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| file_err(&cfg_path, e))?;
+    let from_config = DenoiserClass::of_config(&cfg_path, &cfg_text)?;
+    if let Some(name) = &m.model_class {
+        if name != from_config.name() {
+            return Err(file_err(
+                &dir.join("manifest.json"),
+                format!("field `model_class` is `{name}`, but config.json holds a {from_config}"),
+            ));
+        }
+    }
+    Ok(from_config)
+}
+
+/// Builds the denoiser (any class) of the artifact in `dir`, with every quantized layer
+/// executing its simulated quantization.
+pub fn load_denoiser(dir: &Path, device: &Device, dtype: DType) -> Result<(Manifest, Denoiser)> {
     let m = read_manifest(dir)?;
+    let class = model_class(dir, &m)?;
     let layers = read_layers(dir, &m)?;
     let cfg_path = dir.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| file_err(&cfg_path, e))?;
-    let cfg = UNet2DConfig::from_json_str(&cfg_path, &cfg_text)?;
     let mut store = WeightStore::open(&dir.join("float.safetensors"), device, dtype)?;
     for (path, l) in &layers {
         if let Some(w) = &l.weight {
@@ -689,7 +763,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(Manifest, UNet
             store.insert(&format!("{path}.weight"), deq)?;
         }
     }
-    let mut model = UNet2DModel::load(cfg, &store)?;
+    let mut model = Denoiser::load(class, &cfg_path, &cfg_text, &store)?;
     install(&mut model, &layers, dir)?;
     Ok((m, model))
 }
@@ -697,7 +771,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(Manifest, UNet
 /// Installs simulated execution for `layers` on a model whose quantized layers already hold
 /// their dequantized weights (as [`load`] builds it).
 fn install(
-    model: &mut UNet2DModel,
+    model: &mut dyn DenoiserModel,
     layers: &BTreeMap<String, QuantLayer>,
     dir: &Path,
 ) -> Result<()> {

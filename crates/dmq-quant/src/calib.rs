@@ -3,16 +3,22 @@
 //! (Q-Diffusion's time-step-aware calibration: every selected step gets the same number of
 //! samples, all taken from the same seeded trajectories).
 //!
+//! Conditional models (SD, DiT, PixArt) are calibrated on their classifier-free-guided
+//! trajectories ([`generate_guided`]): every model call sees the doubled batch (conditional and
+//! unconditional halves of the same x_t), and the set keeps both halves with their conditioning,
+//! exactly as the quantized model will see them when sampling.
+//!
 //! Generating it costs `trajectories × steps` UNet calls, so it is cached on disk: a folder with
-//! `calib.safetensors` (`x` [N, C, H, W] f32, `timesteps` [N] and `step_index` [N] as u32) and
+//! `calib.safetensors` (`x` [N, C, H, W] f32, `timesteps` [N] and `step_index` [N] as u32, and
+//! the conditioning rows `cond.*` when there are any) and
 //! `manifest.json` (the spec, the model's fingerprint, the sampling timesteps), written to a
 //! temporary folder and renamed. A cache is reused only when spec and fingerprint match exactly.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use dmq_model::{Ctx, Timesteps, UNet2DModel};
-use dmq_sched::{NoiseSource, SchedError, Scheduler};
+use dmq_model::{Conditioning, Ctx, DenoiserModel, Timesteps};
+use dmq_sched::{CfgOrder, Guidance, NoiseSource, SchedError, Scheduler};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +31,8 @@ pub enum CalibError {
     Sched(#[from] SchedError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Model(#[from] dmq_model::ModelError),
 }
 
 pub type Result<T> = std::result::Result<T, CalibError>;
@@ -54,14 +62,26 @@ pub fn selected_steps(n: usize, k: usize) -> Result<Vec<usize>> {
     Ok((0..k).map(|i| i * n / k).collect())
 }
 
-/// The calibration set: every UNet input, its timestep and its sampling-step index.
+/// The calibration set: every model input, its timestep, its sampling-step index and its
+/// conditioning (one row per input; empty for unconditional models).
 pub struct CalibSet {
     pub x: Tensor,
     pub timesteps: Vec<u32>,
     pub step_index: Vec<u32>,
+    pub cond: Conditioning,
 }
 
 impl CalibSet {
+    /// Rows `start..start + len`.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<CalibSet> {
+        Ok(CalibSet {
+            x: self.x.narrow(0, start, len)?,
+            timesteps: self.timesteps[start..start + len].to_vec(),
+            step_index: self.step_index[start..start + len].to_vec(),
+            cond: self.cond.narrow(start, len)?,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.timesteps.len()
     }
@@ -81,9 +101,60 @@ impl CalibSet {
 /// Runs the model's own trajectories and keeps x_t at the selected steps.
 /// `on_call` is called once per UNet call (progress).
 pub fn generate(
-    unet: &UNet2DModel,
+    unet: &dyn DenoiserModel,
     sched: &dyn Scheduler,
     spec: &CalibSpec,
+    on_call: impl FnMut(),
+) -> Result<CalibSet> {
+    generate_inner(unet, sched, spec, None, on_call)
+}
+
+/// How the calibration trajectories of a conditional model are conditioned and guided.
+pub struct CalibGuidance {
+    pub guidance: Guidance,
+    /// Conditional rows: trajectory `j` uses row `j mod rows`.
+    pub cond: Conditioning,
+    /// Unconditional rows (negative prompt, null class), as many as `cond`.
+    pub uncond: Conditioning,
+}
+
+impl CalibGuidance {
+    /// The conditioning of the doubled batch of trajectories `idx`, in the guidance's order.
+    pub fn doubled(&self, idx: &[usize]) -> Result<Conditioning> {
+        let rows = self.cond.rows()?.unwrap_or(1).max(1);
+        let pick: Vec<u32> = idx.iter().map(|&j| (j % rows) as u32).collect();
+        let pick = Tensor::from_vec(pick, idx.len(), &Device::Cpu)?;
+        let c = self.cond.index_select(&pick)?;
+        let u = self.uncond.index_select(&pick)?;
+        Ok(match self.guidance.order {
+            CfgOrder::UncondFirst => Conditioning::cat(&[u, c])?,
+            CfgOrder::CondFirst => Conditioning::cat(&[c, u])?,
+        })
+    }
+}
+
+/// [`generate`] for a conditional model: classifier-free-guided trajectories, keeping the
+/// doubled batch the model sees at the selected steps (both halves, with their conditioning).
+pub fn generate_guided(
+    model: &dyn DenoiserModel,
+    sched: &dyn Scheduler,
+    spec: &CalibSpec,
+    guide: &CalibGuidance,
+    on_call: impl FnMut(),
+) -> Result<CalibSet> {
+    if guide.cond.rows()? != guide.uncond.rows()? {
+        return Err(CalibError::Spec(
+            "conditional and unconditional calibration inputs differ in rows".into(),
+        ));
+    }
+    generate_inner(model, sched, spec, Some(guide), on_call)
+}
+
+fn generate_inner(
+    unet: &dyn DenoiserModel,
+    sched: &dyn Scheduler,
+    spec: &CalibSpec,
+    guide: Option<&CalibGuidance>,
     mut on_call: impl FnMut(),
 ) -> Result<CalibSet> {
     if spec.samples_per_step == 0 || spec.batch == 0 {
@@ -93,52 +164,90 @@ pub fn generate(
     }
     let n_steps = sched.timesteps().len();
     let keep = selected_steps(n_steps, spec.steps_sampled)?;
-    let res = unet
-        .config
-        .sample_size
+    let shape = unet
+        .sample_shape()
         .ok_or_else(|| CalibError::Spec("the model's config has no sample_size".into()))?;
-    let shape = [unet.config.in_channels, res, res];
     let noise = NoiseSource::new(spec.seed);
-    // per selected step, the batches of x_t in trajectory order
-    let mut per_step: Vec<Vec<Tensor>> = vec![Vec::new(); keep.len()];
+    // per selected step, the batches of (x_t, conditioning) in trajectory order
+    let mut per_step: Vec<Vec<(Tensor, Conditioning)>> = vec![Vec::new(); keep.len()];
     let all: Vec<usize> = (0..spec.samples_per_step).collect();
     for idx in all.chunks(spec.batch) {
         let x = noise
             .initial(idx, &shape, unet.device())?
             .to_dtype(unet.dtype())?;
-        dmq_sched::sample(
-            sched,
-            x,
-            |x, t, i| {
-                if let Ok(k) = keep.binary_search(&i) {
-                    per_step[k].push(x.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
-                }
-                let eps = unet
-                    .forward(x, Timesteps::Shared(t as f64), None, &Ctx::at_step(i))
-                    .map_err(SchedError::other)?;
-                on_call();
-                Ok(eps)
-            },
-            |i| Ok(Some(noise.step_noise(i, idx, &shape, unet.device())?)),
-            |_| {},
-        )?;
+        let step_noise = |i: usize| Ok(Some(noise.step_noise(i, idx, &shape, unet.device())?));
+        match guide {
+            None => {
+                dmq_sched::sample(
+                    sched,
+                    x,
+                    |x, t, i| {
+                        if let Ok(k) = keep.binary_search(&i) {
+                            per_step[k].push((
+                                x.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+                                Conditioning::none(),
+                            ));
+                        }
+                        let eps = unet
+                            .forward_cond(
+                                x,
+                                Timesteps::Shared(t as f64),
+                                &Conditioning::none(),
+                                &Ctx::at_step(i),
+                            )
+                            .map_err(SchedError::other)?;
+                        on_call();
+                        Ok(eps)
+                    },
+                    step_noise,
+                    |_| {},
+                )?;
+            }
+            Some(g) => {
+                let cpu_cond = g.doubled(idx)?;
+                let cond = cpu_cond.to_device(unet.device())?;
+                dmq_sched::sample_guided(
+                    sched,
+                    x,
+                    &g.guidance,
+                    |x2, t, i| {
+                        if let Ok(k) = keep.binary_search(&i) {
+                            per_step[k].push((
+                                x2.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+                                cpu_cond.clone(),
+                            ));
+                        }
+                        let out = unet
+                            .forward_cond(x2, Timesteps::Shared(t as f64), &cond, &Ctx::at_step(i))
+                            .map_err(SchedError::other)?;
+                        on_call();
+                        Ok(out)
+                    },
+                    step_noise,
+                    |_, _, _| {},
+                )?;
+            }
+        }
     }
     let mut xs = Vec::new();
+    let mut conds = Vec::new();
     let mut timesteps = Vec::new();
     let mut step_index = Vec::new();
     for (k, batches) in per_step.into_iter().enumerate() {
         let step = keep[k];
-        for b in batches {
+        for (b, c) in batches {
             let n = b.dims()[0];
             timesteps.extend(std::iter::repeat_n(sched.timesteps()[step] as u32, n));
             step_index.extend(std::iter::repeat_n(step as u32, n));
             xs.push(b);
+            conds.push(c);
         }
     }
     Ok(CalibSet {
         x: Tensor::cat(&xs, 0)?,
         timesteps,
         step_index,
+        cond: Conditioning::cat(&conds)?,
     })
 }
 
@@ -193,10 +302,9 @@ pub fn save(dir: &Path, set: &CalibSet, manifest: &CalibManifest) -> Result<()> 
             Tensor::from_vec(set.step_index.clone(), n, &Device::Cpu)?,
         ),
     ];
-    candle_core::safetensors::save(
-        &tensors.into_iter().collect(),
-        tmp.join("calib.safetensors"),
-    )?;
+    let mut tensors: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+    tensors.extend(set.cond.named());
+    candle_core::safetensors::save(&tensors, tmp.join("calib.safetensors"))?;
     let text = serde_json::to_string_pretty(manifest).map_err(|e| file_err(dir, e))?;
     std::fs::write(tmp.join("manifest.json"), text + "\n").map_err(|e| file_err(&tmp, e))?;
     let _ = std::fs::remove_dir_all(dir);
@@ -227,6 +335,7 @@ pub fn load_if_matching(dir: &Path, expected: &CalibManifest) -> Result<Option<C
         x: get("x")?,
         timesteps: get("timesteps")?.to_vec1::<u32>()?,
         step_index: get("step_index")?.to_vec1::<u32>()?,
+        cond: Conditioning::from_named(&t),
     };
     if set.x.dims()[0] != expected.samples || set.timesteps.len() != expected.samples {
         return Err(file_err(

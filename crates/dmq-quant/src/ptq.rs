@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use dmq_model::unet2d::units::Unit;
-use dmq_model::{ModelError, UNet2DModel};
+use dmq_model::{DenoiserModel, ModelError};
 
 use std::sync::Arc;
 
@@ -111,7 +111,7 @@ pub trait PtqHooks {
     #[allow(clippy::too_many_arguments)]
     fn before_weights(
         &mut self,
-        model: &mut UNet2DModel,
+        model: &mut dyn DenoiserModel,
         cfg: &QuantConfig,
         set: &CalibSet,
         plans: &BTreeMap<String, LayerPlan>,
@@ -125,7 +125,7 @@ pub trait PtqHooks {
 
     /// After the last stage: may rewrite the outcome (e.g. fold scales), leaving the model
     /// computing what the outcome describes.
-    fn finish(&mut self, model: &mut UNet2DModel, outcome: &mut PtqOutcome) -> Result<()>;
+    fn finish(&mut self, model: &mut dyn DenoiserModel, outcome: &mut PtqOutcome) -> Result<()>;
 
     /// What the method wants in the artifact's manifest (`extra`) and report.
     fn report(&self) -> serde_json::Value;
@@ -137,7 +137,7 @@ pub struct NoHooks;
 impl PtqHooks for NoHooks {
     fn before_weights(
         &mut self,
-        _: &mut UNet2DModel,
+        _: &mut dyn DenoiserModel,
         cfg: &QuantConfig,
         _: &CalibSet,
         _: &BTreeMap<String, LayerPlan>,
@@ -160,7 +160,7 @@ impl PtqHooks for NoHooks {
         None
     }
 
-    fn finish(&mut self, _: &mut UNet2DModel, _: &mut PtqOutcome) -> Result<()> {
+    fn finish(&mut self, _: &mut dyn DenoiserModel, _: &mut PtqOutcome) -> Result<()> {
         Ok(())
     }
 
@@ -238,7 +238,7 @@ fn rel_error(q: &Tensor, w: &Tensor) -> Result<f64> {
 /// Runs the base recipe `cfg` on `model` with calibration data `set`. The model is left with
 /// the quantized model's simulated execution installed.
 pub fn quantize(
-    model: &mut UNet2DModel,
+    model: &mut dyn DenoiserModel,
     cfg: &QuantConfig,
     set: &CalibSet,
     opts: &PtqOptions,
@@ -249,7 +249,7 @@ pub fn quantize(
 
 /// [`quantize`] with a method's `hooks` around the base stages.
 pub fn quantize_with(
-    model: &mut UNet2DModel,
+    model: &mut dyn DenoiserModel,
     cfg: &QuantConfig,
     set: &CalibSet,
     opts: &PtqOptions,
@@ -451,7 +451,7 @@ fn tensors_bytes(ts: &[Tensor]) -> usize {
 
 /// Block reconstruction of every unit holding a quantized weight, in forward order.
 fn reconstruct_all(
-    model: &mut UNet2DModel,
+    model: &mut dyn DenoiserModel,
     cfg: &QuantConfig,
     set: &CalibSet,
     opts: &PtqOptions,
@@ -505,11 +505,9 @@ fn reconstruct_all(
     };
     // Bytes per sample of each pending unit's inputs (outputs are about the same size).
     let probe: Vec<String> = pending.iter().map(|(_, u)| u.path.clone()).collect();
-    let one = CalibSet {
-        x: set.x.narrow(0, 0, 1)?,
-        timesteps: set.timesteps[..1].to_vec(),
-        step_index: set.step_index[..1].to_vec(),
-    };
+    let one = set
+        .narrow(0, 1)
+        .map_err(|e| PtqError::Model(ModelError::Source(e.to_string())))?;
     for mut l in model.layers_mut() {
         l.set_exec(None);
     }

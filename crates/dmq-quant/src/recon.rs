@@ -11,7 +11,7 @@ use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use dmq_model::ctx::Ctx;
 use dmq_model::layers::{LayerExec, LayerRef};
 use dmq_model::unet2d::units::Unit;
-use dmq_model::{ModelError, Timesteps, UNet2DModel};
+use dmq_model::{DenoiserModel, ModelError, Timesteps};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -58,7 +58,8 @@ fn model_err(e: QuantError) -> ModelError {
 
 /// `lp_loss` of the reference (spec notation): `|pred − tgt|^p` summed over the channel axis
 /// (1 for `[B, C, H, W]`, the last for `[B, .., C]`: never the token axis, pitfall §8.5) and
-/// averaged over everything else.
+/// averaged over everything else. DiT/PixArt transformer blocks output `[B, N, D]` tokens: the
+/// sum runs over each token's D features, the mean over batch and tokens.
 pub fn lp_loss(pred: &Tensor, target: &Tensor, p: f64) -> candle_core::Result<Tensor> {
     let d = (pred - target)?;
     let e = if p == 2.0 {
@@ -74,7 +75,7 @@ pub fn lp_loss(pred: &Tensor, target: &Tensor, p: f64) -> candle_core::Result<Te
 /// (float, or with earlier units already quantized), `batch` rows per forward; each forward
 /// stops at the last of the units.
 pub fn capture_inputs(
-    model: &UNet2DModel,
+    model: &dyn DenoiserModel,
     units: &[String],
     set: &CalibSet,
     batch: usize,
@@ -100,10 +101,12 @@ pub fn capture_inputs(
         let same_step = set.step_index[start..start + len]
             .iter()
             .all(|&s| s as usize == step);
-        let got = model.capture_inputs_many(
+        let cond = set.cond.narrow(start, len)?.to_device(model.device())?;
+        let got = model.capture_inputs_with(
             units,
             &x,
             Timesteps::PerSample(&ts),
+            &cond,
             same_step.then_some(step),
         )?;
         for (unit, tensors) in got {
@@ -131,7 +134,7 @@ pub fn capture_inputs(
 
 /// The unit's output on `inputs`, `batch` rows at a time, without gradients.
 pub fn unit_outputs(
-    model: &UNet2DModel,
+    model: &dyn DenoiserModel,
     unit: &str,
     inputs: &[Tensor],
     batch: usize,
@@ -182,7 +185,7 @@ impl LayerExec for AdaRoundExec {
 
 /// Mean reconstruction loss of the unit as configured now over the first (up to) 256 samples.
 fn eval_loss(
-    model: &UNet2DModel,
+    model: &dyn DenoiserModel,
     unit: &str,
     data: &UnitData,
     s: &ReconSettings,
@@ -205,7 +208,7 @@ fn eval_loss(
 
 /// Installs round-to-nearest or learned hard weights on the unit's quantized layers.
 fn install_hard(
-    model: &mut UNet2DModel,
+    model: &mut dyn DenoiserModel,
     weights: &BTreeMap<String, QuantWeight>,
 ) -> dmq_model::Result<()> {
     for mut layer in model.layers_mut() {
@@ -224,7 +227,7 @@ fn install_hard(
 /// part parameters) against `data`. Leaves the layers with their hard-rounded weights installed
 /// (weights only) and returns them. `unit_index` decorrelates the mini-batch draws of units.
 pub fn reconstruct_unit(
-    model: &mut UNet2DModel,
+    model: &mut dyn DenoiserModel,
     unit: &Unit,
     unit_index: usize,
     init: &BTreeMap<String, Vec<(usize, usize, UniformParams)>>,
@@ -362,8 +365,36 @@ pub fn reconstruct_unit(
 
 /// Installs weight-only hard-quantized execs for `weights` (used when restoring checkpoints).
 pub fn install_weights(
-    model: &mut UNet2DModel,
+    model: &mut dyn DenoiserModel,
     weights: &BTreeMap<String, QuantWeight>,
 ) -> dmq_model::Result<()> {
     install_hard(model, weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lp_loss;
+    use candle_core::{Device, Tensor};
+
+    /// Transformer-block outputs `[B, N, D]`: the error is summed over each token's D features
+    /// and averaged over batch and tokens (DMQ's reference sums over the token axis instead,
+    /// which weights a block by its token count: `docs/methods/dmq.md` §8).
+    #[test]
+    fn lp_loss_sums_features_not_tokens() {
+        // B = 1, N = 2 tokens, D = 3 features; error 1 on token 0 feature 0, 2 on token 1 feature 2.
+        let pred =
+            Tensor::from_vec(vec![1f32, 0., 0., 0., 0., 2.], (1, 2, 3), &Device::Cpu).unwrap();
+        let tgt = pred.zeros_like().unwrap();
+        let l: f32 = lp_loss(&pred, &tgt, 2.0).unwrap().to_scalar().unwrap();
+        // per token: 1 and 4; mean over the 2 tokens = 2.5 (token-axis sum: mean of [1, 0, 4] = 5/3)
+        assert!((l - 2.5).abs() < 1e-6, "{l}");
+        // [B, C, H, W]: the channel axis.
+        let pred = Tensor::from_vec(vec![1f32, 2., 3., 4.], (1, 2, 2, 1), &Device::Cpu).unwrap();
+        let l: f32 = lp_loss(&pred, &pred.zeros_like().unwrap(), 2.0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        // per position: 1 + 9 = 10 and 4 + 16 = 20, mean 15
+        assert!((l - 15.0).abs() < 1e-5, "{l}");
+    }
 }

@@ -162,6 +162,7 @@ fn base_recipe_reconstructs_resumes_and_reloads_exactly() {
         format_version: artifact::FORMAT_VERSION,
         dmq_version: "test".into(),
         base_model: pipeline.name.clone(),
+        model_class: None,
         recipe: serde_json::from_str(&cfg.to_json()).unwrap(),
         calibration: serde_json::json!({ "steps": 10 }),
         layers: entries,

@@ -158,7 +158,7 @@ mod tests {
     use super::*;
     use crate::config::{PredictionType, TimestepSpacing};
 
-    use crate::test_util::{acp, beta, close, t, v, E, N, X};
+    use crate::test_util::{acp, close, t, v, E, N, X};
 
     /// Posterior mean and std written out by hand for a jump t → p (p < 0: ᾱ = 1).
     fn ddpm_by_hand(t: usize, p: i64, large: bool, clip: bool, pred: PredictionType) -> Vec<f64> {

@@ -131,6 +131,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             model: model.clone(),
             device: args.device.clone(),
             dtype: args.dtype.clone(),
+            scheduler_config: None,
         };
         let quantized = model
             .as_deref()

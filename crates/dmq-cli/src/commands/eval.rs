@@ -118,6 +118,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             model: Some(fp_name.clone()),
             device: args.model.device.clone(),
             dtype: args.against_dtype.clone(),
+            scheduler_config: None,
         };
         let (fp_pipeline, fp_unet) = fp_args.load()?;
         let fp_sched = scheduler_for(&fp_pipeline, &args.protocol)?;

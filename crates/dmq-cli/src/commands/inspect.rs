@@ -22,21 +22,42 @@ fn giga(n: u64) -> String {
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
-    let (pipeline, unet) = args.model.load()?;
-    let report = dmq_model::inspect::inspect(&unet, args.resolution)?;
+    let class = super::latent::model_class(&args.model)?;
+    let (name, report, vae) = if class.is_latent() {
+        let l = super::latent::load(&args.model, super::ExecMode::Sim)?;
+        let report = dmq_model::inspect::inspect_denoiser(&l.model, args.resolution)?;
+        (l.pipeline.name, report, l.vae)
+    } else {
+        let (pipeline, unet) = args.model.load()?;
+        let report = dmq_model::inspect::inspect(&unet, args.resolution)?;
+        (pipeline.name, report, None)
+    };
     if args.json {
-        let value = serde_json::json!({ "model": pipeline.name, "report": report });
+        let mut value = serde_json::json!({ "model": name, "report": report });
+        if class.is_latent() {
+            value["class"] = serde_json::json!(class.name());
+            value["vae_parameters"] = serde_json::json!(vae.as_ref().map(|v| v.num_params));
+        }
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!("model       {}", pipeline.name);
-    println!("class       UNet2DModel");
+    println!("model       {name}");
+    println!("class       {class}");
     println!(
         "parameters  {} ({:.2} MB as f32)",
         report.params,
         report.params as f64 * 4.0 / 1e6
     );
-    println!("resolution  {0}x{0}", report.resolution);
+    if let Some(v) = &vae {
+        println!(
+            "vae         AutoencoderKL, {} parameters (not quantized), scaling_factor {}",
+            v.num_params, v.config.scaling_factor
+        );
+    } else if class.is_latent() {
+        println!("vae         none (sampling writes a preview of the latents)");
+    }
+    let unit = if class.is_latent() { " (latent)" } else { "" };
+    println!("resolution  {0}x{0}{unit}", report.resolution);
     println!();
     println!(
         "{:<48} {:<10} {:<18} {:<20} {:>12}",

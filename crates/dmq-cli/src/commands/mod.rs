@@ -4,8 +4,10 @@ pub mod eval;
 pub mod fid;
 pub mod gpu_check;
 pub mod inspect;
+pub mod latent;
 pub mod ptqd;
 pub mod quantize;
+pub mod quantize_latent;
 pub mod quantize_report;
 pub mod sample;
 pub mod sensitivity;
@@ -25,6 +27,10 @@ pub struct ModelArgs {
     /// Compute precision of the model: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// A scheduler_config.json for a model folder without one (e.g. a bare transformer folder
+    /// such as tiny-latent/pixart); ignored when the folder has its own.
+    #[arg(long)]
+    pub scheduler_config: Option<std::path::PathBuf>,
 }
 
 /// How a quantized model computes.
@@ -71,6 +77,40 @@ impl ModelArgs {
         Ok((l.pipeline, l.unet))
     }
 
+    /// The files of `--model` (not an artifact), with `--scheduler-config` filling in a missing
+    /// scheduler.
+    pub fn pipeline(&self) -> anyhow::Result<dmq_model::Pipeline> {
+        let source = dmq_model::ModelSource::parse(self.model.as_deref())?;
+        let mut pipeline = source.resolve()?;
+        if pipeline.scheduler_config.is_none() {
+            if let Some(p) = &self.scheduler_config {
+                if !p.is_file() {
+                    anyhow::bail!("--scheduler-config {}: no such file", p.display());
+                }
+                pipeline.scheduler_config = Some(dmq_model::source::FileRef::Path(p.clone()));
+            }
+        }
+        Ok(pipeline)
+    }
+
+    /// The files of the quantized-model folder `dir`, as a pipeline.
+    pub fn artifact_pipeline(&self, dir: &std::path::Path) -> anyhow::Result<dmq_model::Pipeline> {
+        let m = dmq_quant::artifact::read_manifest(dir)?;
+        let sched = dir.join("scheduler_config.json");
+        Ok(dmq_model::Pipeline {
+            name: dir.display().to_string(),
+            class: dmq_quant::artifact::model_class(dir, &m)?,
+            unet_config: dmq_model::source::FileRef::Path(dir.join("config.json")),
+            unet_weights: dmq_model::source::FileRef::Path(dir.join("float.safetensors")),
+            scheduler_config: if sched.is_file() {
+                Some(dmq_model::source::FileRef::Path(sched))
+            } else {
+                None
+            },
+            vae: Some(dir.join("vae")).filter(|v| v.join("config.json").is_file()),
+        })
+    }
+
     /// Loads the model; a quantized model computes as `exec` says.
     pub fn load_exec(&self, exec: ExecMode) -> anyhow::Result<Loaded> {
         use anyhow::Context;
@@ -112,17 +152,7 @@ impl ModelArgs {
                         unet
                     }
                 };
-                let sched = dir.join("scheduler_config.json");
-                let pipeline = dmq_model::Pipeline {
-                    name: dir.display().to_string(),
-                    unet_config: dmq_model::source::FileRef::Path(dir.join("config.json")),
-                    unet_weights: dmq_model::source::FileRef::Path(dir.join("float.safetensors")),
-                    scheduler_config: if sched.is_file() {
-                        Some(dmq_model::source::FileRef::Path(sched))
-                    } else {
-                        None
-                    },
-                };
+                let pipeline = self.artifact_pipeline(dir)?;
                 return Ok(Loaded {
                     pipeline,
                     unet,
@@ -136,8 +166,7 @@ impl ModelArgs {
                 self.model.as_deref().unwrap_or("the embedded default model")
             );
         }
-        let source = dmq_model::ModelSource::parse(self.model.as_deref())?;
-        let pipeline = source.resolve()?;
+        let pipeline = self.pipeline()?;
         let unet = pipeline
             .load_unet(&device, dtype)
             .with_context(|| format!("loading the UNet of {}", pipeline.name))?;

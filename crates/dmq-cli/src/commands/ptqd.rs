@@ -95,6 +95,18 @@ pub fn correction_for(
     sched: &dyn Scheduler,
     arg: &str,
 ) -> Result<Option<Applied>> {
+    correction_for_guided(pipeline, p, sched, arg, None)
+}
+
+/// [`correction_for`] for a run with classifier-free guidance at scale `guidance` (latent
+/// models): only statistics measured at that scale apply.
+pub fn correction_for_guided(
+    pipeline: &dmq_model::Pipeline,
+    p: &ProtocolArgs,
+    sched: &dyn Scheduler,
+    arg: &str,
+    guidance: Option<f64>,
+) -> Result<Option<Applied>> {
     let arg = arg.trim();
     let explicit = match arg {
         "auto" => None,
@@ -122,7 +134,8 @@ pub fn correction_for(
     if parts.is_none() {
         return Ok(None);
     }
-    let protocol = protocol_of(pipeline, p, sched)?;
+    let mut protocol = protocol_of(pipeline, p, sched)?;
+    protocol.guidance = guidance;
     let set = section
         .set_for(&protocol)
         .with_context(|| pipeline.name.clone())?
@@ -201,6 +214,7 @@ pub fn run(args: PtqdArgs) -> Result<()> {
         model: Some(fp_name.clone()).filter(|n| n != dmq_model::embedded::NAME),
         device: args.model.device.clone(),
         dtype: args.model.dtype.clone(),
+        scheduler_config: None,
     };
     let (fp_pipeline, fp) = fp_args.load().with_context(|| {
         format!("loading the full-precision model `{fp_name}` (pass --fp to name it)")

@@ -113,6 +113,11 @@ pub struct QuantizeArgs {
     /// 64, 8 with --fast].
     #[arg(long)]
     pub ptqd_samples: Option<usize>,
+    /// Latent models: the conditioning of the calibration trajectories (the FP model's own
+    /// classifier-free-guided trajectories over these prompt embeddings or class labels, at
+    /// this guidance scale; trajectory j uses prompt/label j mod their count) and of the preview.
+    #[command(flatten)]
+    pub cond: super::latent::CondArgs,
 }
 
 /// An indicatif bar per stage.
@@ -123,10 +128,12 @@ pub struct Bars {
 
 impl Bars {
     pub fn new() -> Self {
-        Self {
-            bar: None,
-            started: Instant::now(),
-        }
+        Self::since(Instant::now())
+    }
+
+    /// Bars whose messages count seconds from `started`.
+    pub fn since(started: Instant) -> Self {
+        Self { bar: None, started }
     }
 
     /// Ends the current stage's bar.
@@ -292,6 +299,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             cfg.name
         );
     }
+    if super::latent::model_class(&args.model)?.is_latent() {
+        return super::quantize_latent::run(&args, cfg, started);
+    }
     let (pipeline, mut unet) = args.model.load()?;
     if dmq_quant::artifact::is_artifact(Path::new(args.model.model.as_deref().unwrap_or(""))) {
         bail!("--model is already a quantized artifact; quantize its base model instead");
@@ -444,25 +454,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     }
 
     // The artifact.
-    let mut layers_json = Vec::new();
-    let mut entries = Vec::new();
-    for l in unet.layers_mut() {
-        let path = l.path().to_string();
-        let shape = l.layer_ref().weight.dims().to_vec();
-        let q = outcome.layers.get(&path);
-        let mut e = artifact::layer_entry(&path, &shape, q)?;
-        e.weight_rel_error = outcome.weight_rel_error.get(&path).copied();
-        e.scale_folded_into = outcome.scale_folded.get(&path).cloned();
-        layers_json.push(json!({
-            "path": path,
-            "weight_bits": e.weight.as_ref().map(|w| w.bits),
-            "act_bits": e.activation.as_ref().map(|a| a.bits),
-            "split": e.activation.as_ref().and_then(|a| a.split)
-                .or(e.weight.as_ref().and_then(|w| (w.parts.len() > 1).then(|| w.parts[1].start))),
-            "weight_rel_error": e.weight_rel_error,
-        }));
-        entries.push(e);
-    }
+    let (entries, layers_json) = layer_entries(&mut unet, &outcome)?;
     let total_seconds = started.elapsed().as_secs_f64();
     let calibration = json!({
         "fingerprint": cache.file_name().map(|n| n.to_string_lossy().to_string()),
@@ -492,6 +484,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         format_version: artifact::FORMAT_VERSION,
         dmq_version: env!("CARGO_PKG_VERSION").to_string(),
         base_model: pipeline.name.clone(),
+        model_class: Some(pipeline.class.name().to_string()),
         recipe: serde_json::from_str(&cfg.to_json())?,
         calibration,
         layers: entries,
@@ -580,6 +573,34 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&ckpt);
     summary(&report, &args.out);
     Ok(())
+}
+
+/// The manifest entry of every conv/linear layer of the quantized `model`, and its row of
+/// report.json.
+pub fn layer_entries(
+    model: &mut dyn dmq_model::DenoiserModel,
+    outcome: &ptq::PtqOutcome,
+) -> Result<(Vec<artifact::LayerEntry>, Vec<serde_json::Value>)> {
+    let mut layers_json = Vec::new();
+    let mut entries = Vec::new();
+    for l in model.layers_mut() {
+        let path = l.path().to_string();
+        let shape = l.layer_ref().weight.dims().to_vec();
+        let q = outcome.layers.get(&path);
+        let mut e = artifact::layer_entry(&path, &shape, q)?;
+        e.weight_rel_error = outcome.weight_rel_error.get(&path).copied();
+        e.scale_folded_into = outcome.scale_folded.get(&path).cloned();
+        layers_json.push(json!({
+            "path": path,
+            "weight_bits": e.weight.as_ref().map(|w| w.bits),
+            "act_bits": e.activation.as_ref().map(|a| a.bits),
+            "split": e.activation.as_ref().and_then(|a| a.split)
+                .or(e.weight.as_ref().and_then(|w| (w.parts.len() > 1).then(|| w.parts[1].start))),
+            "weight_rel_error": e.weight_rel_error,
+        }));
+        entries.push(e);
+    }
+    Ok((entries, layers_json))
 }
 
 /// `--avg-bits`/`--sensitivity` and `[mixed_precision]`: allocates an option per weight-quantized
@@ -745,7 +766,7 @@ fn preview(
     Ok((psnr, dmq_eval::images::upscale_to_width(&grid, 512)))
 }
 
-fn folder_bytes(dir: &Path) -> u64 {
+pub fn folder_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -757,7 +778,7 @@ fn folder_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn summary(report: &serde_json::Value, out: &Path) {
+pub fn summary(report: &serde_json::Value, out: &Path) {
     let layers = report["layers"].as_array().cloned().unwrap_or_default();
     let mut by_bits: BTreeMap<String, usize> = BTreeMap::new();
     for l in &layers {

@@ -70,6 +70,8 @@ pub struct SampleArgs {
     pub protocol: ProtocolArgs,
     #[command(flatten)]
     pub ptqd: super::ptqd::PtqdSampleArgs,
+    #[command(flatten)]
+    pub cond: super::latent::CondArgs,
     /// Number of images.
     #[arg(long, default_value_t = 16)]
     pub num: usize,
@@ -79,7 +81,9 @@ pub struct SampleArgs {
     /// Class label for class-conditional models (all images get it) [default: none].
     #[arg(long)]
     pub class: Option<u32>,
-    /// Output folder: NNNNNN.png per image, grid.png, samples.json.
+    /// Output folder: NNNNNN.png per image, grid.png, samples.json. Latent models are decoded
+    /// by their VAE; a folder without one (tiny-latent/pixart) gets a preview of the latents
+    /// instead (their first three channels, each image scaled by its largest magnitude).
     #[arg(long, short = 'o', default_value = "samples")]
     pub out: PathBuf,
     /// Replace the images of a different earlier run in --out instead of refusing.
@@ -302,6 +306,53 @@ pub fn sample_to_folder(job: &SampleJob) -> Result<SampleOutcome> {
             job.unet.config.out_channels
         );
     }
+    let noise = NoiseSource::new(job.seed);
+    let folder = SampleFolder {
+        out: job.out,
+        protocol: &job.protocol,
+        num: job.num,
+        batch: job.batch,
+        overwrite: job.overwrite,
+        label: job.label,
+        calls_per_batch: job.sched.timesteps().len(),
+    };
+    write_samples(&folder, &mut |indices, on_call| {
+        sample_batch_corrected(
+            job.unet,
+            job.sched,
+            &noise,
+            indices,
+            resolution,
+            job.class,
+            |_| on_call(),
+            job.correction,
+        )
+    })
+}
+
+/// Samples a batch of image indices: `[B, 3, H, W]` in [−1, 1]; calls its second argument
+/// once per model call (progress).
+pub type BatchSampler<'a> =
+    dyn FnMut(&[usize], &mut dyn FnMut()) -> Result<candle_core::Tensor> + 'a;
+
+/// Where and how [`write_samples`] writes a run's images.
+pub struct SampleFolder<'a> {
+    pub out: &'a Path,
+    /// Everything that determines the images; stored in samples.json and compared on resume.
+    pub protocol: &'a serde_json::Value,
+    pub num: usize,
+    pub batch: usize,
+    pub overwrite: bool,
+    /// Shown on the progress bar.
+    pub label: &'a str,
+    /// Model calls per batch (for the progress bar).
+    pub calls_per_batch: usize,
+}
+
+/// Writes images `0..num` (NNNNNN.png, grid.png, samples.json) with `sample(indices, on_call)`
+/// giving `[B, 3, H, W]` images in [−1, 1] for a batch of image indices: resumable, refusing to
+/// mix with another run's images.
+pub fn write_samples(job: &SampleFolder, sample: &mut BatchSampler) -> Result<SampleOutcome> {
     let out = job.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let manifest_path = out.join("samples.json");
@@ -309,7 +360,7 @@ pub fn sample_to_folder(job: &SampleJob) -> Result<SampleOutcome> {
         let old: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)
                 .with_context(|| format!("{} is not valid JSON", manifest_path.display()))?;
-        if old.get("protocol") != Some(&job.protocol) {
+        if old.get("protocol") != Some(job.protocol) {
             bail!(
                 "{} holds samples of a different run (model, sampler, steps, eta, seed, dtype or device differ); \
                  pass --overwrite to replace them or choose another --out",
@@ -333,9 +384,8 @@ pub fn sample_to_folder(job: &SampleJob) -> Result<SampleOutcome> {
         );
     }
 
-    let noise = NoiseSource::new(job.seed);
     let batches: Vec<&[usize]> = todo.chunks(job.batch).collect();
-    let pb = ProgressBar::new((batches.len() * job.sched.timesteps().len()) as u64);
+    let pb = ProgressBar::new((batches.len() * job.calls_per_batch) as u64);
     pb.set_style(
         ProgressStyle::with_template(
             "{msg} [{bar:30}] {pos}/{len} UNet calls, {elapsed} elapsed, ETA {eta}",
@@ -346,16 +396,7 @@ pub fn sample_to_folder(job: &SampleJob) -> Result<SampleOutcome> {
     pb.set_message(format!("{}: {} images", job.label, todo.len()));
     let start = Instant::now();
     for indices in &batches {
-        let x = sample_batch_corrected(
-            job.unet,
-            job.sched,
-            &noise,
-            indices,
-            resolution,
-            job.class,
-            |_| pb.inc(1),
-            job.correction,
-        )?;
+        let x = sample(indices, &mut || pb.inc(1))?;
         for (img, &i) in images::to_rgb8(&x)?.iter().zip(indices.iter()) {
             images::save_png_atomic(img, &image_path(out, i))?;
         }
@@ -399,6 +440,9 @@ pub fn read_images(out: &Path, num: usize) -> Result<Vec<image::RgbImage>> {
 pub fn run(args: SampleArgs) -> Result<()> {
     if args.num == 0 || args.batch == 0 {
         bail!("--num and --batch must be at least 1");
+    }
+    if super::latent::model_class(&args.model)?.is_latent() {
+        return super::latent::run_sample(args);
     }
     let loaded = args.model.load_exec(args.exec.exec)?;
     let (pipeline, unet) = (loaded.pipeline, loaded.unet);

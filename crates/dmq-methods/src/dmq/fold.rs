@@ -1,7 +1,7 @@
 //! Folding LES scales where the graph allows (issue #6): an attention block's output projection
 //! `to_out.0` reads `softmax(QKᵀ)·V`, which is linear in the value projection's output channels,
 //! so its `1/γ` moves into `to_v`: each output channel `o` of `to_v` gets step `Δ_o/γ_o` and bias
-//! `b_o/γ_o`, and `to_out.0` reads its input unscaled. Integer codes do not change (per-channel
+//! `b_o/γ_o` (when it has one), and `to_out.0` reads its input unscaled. Integer codes do not change (per-channel
 //! quantization is scale-equivariant). Everywhere else (inputs behind SiLU, residual sums,
 //! skip concatenations, layers sharing one input with different `γ`) the scale stays a
 //! per-input-channel factor of the activation step, stored as `{path}.les.gamma`.
@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
-use dmq_model::UNet2DModel;
+use dmq_model::DenoiserModel;
 use dmq_quant::ptq::PtqOutcome;
 use dmq_quant::sim::SimQuantExec;
 
@@ -25,7 +25,7 @@ fn host_of(path: &str, outcome: &PtqOutcome) -> Option<String> {
 /// Folds every foldable scale of `outcome` and updates `model` to match. Returns the folded
 /// layers (folded → host).
 pub fn fold_scales(
-    model: &mut UNet2DModel,
+    model: &mut dyn DenoiserModel,
     outcome: &mut PtqOutcome,
 ) -> dmq_model::Result<BTreeMap<String, String>> {
     let err = |p: &str, e: dmq_quant::uniform::QuantError| {
@@ -63,19 +63,18 @@ pub fn fold_scales(
         for mut layer in model.layers_mut() {
             if layer.path() == host {
                 let like = layer.layer_ref().weight.clone();
-                let bias = layer
-                    .layer_ref()
-                    .bias
-                    .cloned()
-                    .ok_or_else(|| dmq_model::ModelError::Source(format!("{host}: no bias")))?;
-                let gb =
-                    Tensor::from_vec(g.clone(), g.len(), bias.device())?.to_dtype(bias.dtype())?;
-                let nb = bias.broadcast_div(&gb)?;
-                outcome.float_replaced.insert(
-                    format!("{host}.bias"),
-                    nb.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
-                );
-                layer.set_bias(nb)?;
+                // A value projection without bias (SD's attention: q/k/v have none) has only
+                // its steps to divide.
+                if let Some(bias) = layer.layer_ref().bias.cloned() {
+                    let gb = Tensor::from_vec(g.clone(), g.len(), bias.device())?
+                        .to_dtype(bias.dtype())?;
+                    let nb = bias.broadcast_div(&gb)?;
+                    outcome.float_replaced.insert(
+                        format!("{host}.bias"),
+                        nb.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+                    );
+                    layer.set_bias(nb)?;
+                }
                 let exec = SimQuantExec::with_weight(Some(&deq), &like, act.clone())
                     .map_err(|e| err(&host, e))?;
                 layer.set_exec(Some(exec));

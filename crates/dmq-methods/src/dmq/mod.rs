@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use dmq_model::UNet2DModel;
+use dmq_model::DenoiserModel;
 use dmq_quant::act_calib::ShiftVoter;
 use dmq_quant::calib::CalibSet;
 use dmq_quant::config::{LayerPlan, QuantConfig};
@@ -99,7 +99,7 @@ impl DmqHooks {
     #[allow(clippy::too_many_arguments)]
     fn run_les(
         &mut self,
-        model: &mut UNet2DModel,
+        model: &mut dyn DenoiserModel,
         cfg: &QuantConfig,
         set: &CalibSet,
         plans: &BTreeMap<String, LayerPlan>,
@@ -119,11 +119,9 @@ impl DmqHooks {
         let (buckets, n_buckets) = weighting::step_buckets(&set.step_index);
         progress.stage("equivalent scaling", (paths.len() * les.iters) as u64);
         // Bytes per sample of each layer's input, to capture as many layers at once as fit.
-        let one = CalibSet {
-            x: set.x.narrow(0, 0, 1)?,
-            timesteps: set.timesteps[..1].to_vec(),
-            step_index: set.step_index[..1].to_vec(),
-        };
+        let one = set
+            .narrow(0, 1)
+            .map_err(|e| model_err(dmq_model::ModelError::Source(e.to_string())))?;
         let sizes = recon::capture_inputs(model, &paths, &one, 1, |_| {}).map_err(model_err)?;
         let n = set.len();
         let mut next = 0;
@@ -236,7 +234,11 @@ impl DmqHooks {
 
 /// Makes layer `path` compute `f(x/γ, W·γ)`: weight `W·γ`, input scale `γ` (on the model's
 /// device and dtype). Float-equivalent to the layer before (up to rounding).
-pub fn apply_scale(model: &mut UNet2DModel, path: &str, gamma: &Tensor) -> Result<(), PtqError> {
+pub fn apply_scale(
+    model: &mut dyn DenoiserModel,
+    path: &str,
+    gamma: &Tensor,
+) -> Result<(), PtqError> {
     let mut layer = model
         .layers_mut()
         .into_iter()
@@ -258,7 +260,7 @@ pub fn apply_scale(model: &mut UNet2DModel, path: &str, gamma: &Tensor) -> Resul
 impl PtqHooks for DmqHooks {
     fn before_weights(
         &mut self,
-        model: &mut UNet2DModel,
+        model: &mut dyn DenoiserModel,
         cfg: &QuantConfig,
         set: &CalibSet,
         plans: &BTreeMap<String, LayerPlan>,
@@ -285,7 +287,7 @@ impl PtqHooks for DmqHooks {
 
     fn finish(
         &mut self,
-        model: &mut UNet2DModel,
+        model: &mut dyn DenoiserModel,
         outcome: &mut PtqOutcome,
     ) -> Result<(), PtqError> {
         if self.fold {

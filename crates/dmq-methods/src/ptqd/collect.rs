@@ -33,6 +33,12 @@ pub struct SampleSpace {
 /// A network as the statistics see it: `(x_t, timestep, step index) → output`.
 pub type Denoiser<'a> = dyn Fn(&Tensor, usize, usize) -> dmq_sched::Result<Tensor> + 'a;
 
+/// A network whose output also depends on which trajectories (images) the batch holds:
+/// `(x_t, timestep, step index, image indices) → output`. Conditional models pick each image's
+/// prompt or class label by its index (and return the guided prediction).
+pub type IndexedDenoiser<'a> =
+    dyn Fn(&Tensor, usize, usize, &[usize]) -> dmq_sched::Result<Tensor> + 'a;
+
 /// `unet` as a [`Denoiser`]: the input is cast to the model's dtype, the step index goes into
 /// the forward's context (per-step activation parameters).
 pub fn unet_denoiser(
@@ -52,6 +58,24 @@ pub fn unet_denoiser(
 pub fn collect(
     fp: &Denoiser,
     quantized: &[&Denoiser],
+    sched: &dyn Scheduler,
+    spec: &CollectSpec,
+    space: &SampleSpace,
+    on_call: impl FnMut(),
+) -> Result<Vec<Vec<StepAccumulator>>> {
+    let fpi = |x: &Tensor, t, i, _: &[usize]| fp(x, t, i);
+    let qs: Vec<Box<IndexedDenoiser>> = quantized
+        .iter()
+        .map(|q| Box::new(move |x: &Tensor, t, i, _: &[usize]| q(x, t, i)) as Box<IndexedDenoiser>)
+        .collect();
+    let refs: Vec<&IndexedDenoiser> = qs.iter().map(|q| q.as_ref()).collect();
+    collect_indexed(&fpi, &refs, sched, spec, space, on_call)
+}
+
+/// [`collect`] for networks that need the batch's image indices (conditional models).
+pub fn collect_indexed(
+    fp: &IndexedDenoiser,
+    quantized: &[&IndexedDenoiser],
     sched: &dyn Scheduler,
     spec: &CollectSpec,
     space: &SampleSpace,
@@ -76,9 +100,9 @@ pub fn collect(
             sched,
             x,
             |x, t, i| {
-                let e_fp = fp(x, t, i)?;
+                let e_fp = fp(x, t, i, idx)?;
                 for (m, q) in quantized.iter().enumerate() {
-                    let e_q = q(x, t, i)?.to_dtype(e_fp.dtype())?;
+                    let e_q = q(x, t, i, idx)?.to_dtype(e_fp.dtype())?;
                     acc[m][i].add(&e_fp, &e_q).map_err(SchedError::other)?;
                 }
                 on_call();

@@ -22,9 +22,11 @@ pub mod stage;
 pub mod stats;
 pub mod store;
 
-pub use collect::{collect, unet_denoiser, CollectSpec, SampleSpace};
+pub use collect::{
+    collect, collect_indexed, unet_denoiser, CollectSpec, IndexedDenoiser, SampleSpace,
+};
 pub use correction::{correct_output, residual_variance, Parts, PtqdCorrection};
-pub use stage::{measure, run_after_quantize, AfterQuantize, StageOutcome};
+pub use stage::{measure, measure_indexed, run_after_quantize, AfterQuantize, StageOutcome};
 pub use stats::{StepAccumulator, StepFit};
 pub use store::{Protocol, PtqdSection, PtqdSet, StepStats};
 

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use candle_core::Tensor;
 use dmq_model::UNet2DModel;
 use dmq_quant::act_calib::{calibrate_activations, LayerQuantPlan};
 use dmq_quant::artifact::QuantLayer;
@@ -18,7 +19,9 @@ use dmq_quant::ptq::Progress;
 use dmq_quant::sim::{LayerActivation, SimQuantExec};
 use dmq_sched::Scheduler;
 
-use super::collect::{collect, unet_denoiser, CollectSpec, Denoiser, SampleSpace};
+use super::collect::{
+    collect, collect_indexed, unet_denoiser, CollectSpec, Denoiser, IndexedDenoiser, SampleSpace,
+};
 use super::precision::{choose_bits, mix_activations, StepChoice};
 use super::stats::{StepAccumulator, StepFit};
 use super::store::{Protocol, PtqdSet, StepStats};
@@ -70,16 +73,38 @@ pub fn measure(
     spec: &CollectSpec,
     progress: &mut dyn Progress,
 ) -> Result<PtqdSet> {
-    check_protocol(sched, protocol)?;
     let space = sample_space(fp)?;
+    let fd = unet_denoiser(fp);
+    let qd = unet_denoiser(quantized);
+    measure_indexed(
+        &|x: &Tensor, t, i, _: &[usize]| fd(x, t, i),
+        &|x: &Tensor, t, i, _: &[usize]| qd(x, t, i),
+        &space,
+        sched,
+        protocol,
+        spec,
+        progress,
+    )
+}
+
+/// [`measure`] for networks given as functions of the batch's image indices (conditional
+/// models: their guided prediction), on samples of `space`.
+pub fn measure_indexed(
+    fp: &IndexedDenoiser,
+    quantized: &IndexedDenoiser,
+    space: &SampleSpace,
+    sched: &dyn Scheduler,
+    protocol: &Protocol,
+    spec: &CollectSpec,
+    progress: &mut dyn Progress,
+) -> Result<PtqdSet> {
+    check_protocol(sched, protocol)?;
     progress.stage(
         "PTQD statistics",
         (spec.samples.div_ceil(spec.batch.max(1)) * sched.timesteps().len()) as u64,
     );
-    let fd = unet_denoiser(fp);
-    let qd = unet_denoiser(quantized);
-    let q: [&Denoiser; 1] = [&qd];
-    let acc = collect(&fd, &q, sched, spec, &space, || progress.inc(1))?;
+    let q: [&IndexedDenoiser; 1] = [quantized];
+    let acc = collect_indexed(fp, &q, sched, spec, space, || progress.inc(1))?;
     let fits = fit_steps(&acc[0], sched)?;
     Ok(PtqdSet {
         protocol: protocol.clone(),

@@ -22,6 +22,9 @@ pub enum UnitKind {
     Attention,
     /// One conv or linear layer; inputs `[x]` as the layer sees it (after padding/upsampling).
     Layer,
+    /// A spatial transformer (SD: inputs `[x, context]`) or a DiT/PixArt transformer block
+    /// (inputs as `BasicTransformerBlock::forward` offers them).
+    Transformer,
 }
 
 /// One reconstruction unit: its checkpoint path and the paths of its conv/linear layers.
@@ -184,33 +187,9 @@ impl UNet2DModel {
         timesteps: Timesteps,
         step: Option<usize>,
     ) -> Result<BTreeMap<String, Vec<Tensor>>> {
-        // Stop after the last requested point in forward order: units and layers are ordered
-        // separately (a unit may share its path with its only layer), so a mixed request runs
-        // the whole forward.
-        let all_units = self.units();
-        let unit_order: Vec<String> = all_units.iter().map(|u| u.path.clone()).collect();
-        let layer_order: Vec<String> = all_units.into_iter().flat_map(|u| u.layers).collect();
-        let last_in = |order: &[String]| -> Option<String> {
-            let pos: Option<Vec<usize>> = units
-                .iter()
-                .map(|u| order.iter().position(|o| o == u))
-                .collect();
-            pos.and_then(|p| p.into_iter().max())
-                .map(|i| order[i].clone())
-        };
-        let last = last_in(&unit_order).or_else(|| last_in(&layer_order));
-        let ctx = Ctx::capturing_many(units, last.as_deref(), step);
-        match self.forward(x, timesteps, None, &ctx) {
-            Err(ModelError::Captured(_)) | Ok(_) => {}
-            Err(e) => return Err(e),
-        }
-        let found = ctx.take_all_captured();
-        if let Some(missing) = units.iter().find(|u| !found.contains_key(*u)) {
-            return Err(ModelError::Source(format!(
-                "the forward pass never reached unit `{missing}`"
-            )));
-        }
-        Ok(found)
+        crate::denoiser::capture_many(self.units(), units, step, |ctx| {
+            self.forward(x, timesteps, None, ctx)
+        })
     }
 
     /// Layers whose input is a raw skip concatenation `cat([h, skip])`, with the channels of `h`:
